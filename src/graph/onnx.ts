@@ -1,0 +1,265 @@
+// Serialises a graph to an ONNX ModelProto. Weights can be inlined, fed at run time, or
+// referenced as external data inside a file (e.g. straight into a .safetensors file).
+import { create, toBinary } from '@bufbuild/protobuf';
+import {
+  AttributeProtoSchema,
+  AttributeProto_AttributeType,
+  GraphProtoSchema,
+  ModelProtoSchema,
+  NodeProtoSchema,
+  OperatorSetIdProtoSchema,
+  StringStringEntryProtoSchema,
+  TensorProtoSchema,
+  TensorProto_DataLocation,
+  TensorProto_DataType,
+  TensorShapeProtoSchema,
+  TensorShapeProto_DimensionSchema,
+  TypeProtoSchema,
+  TypeProto_TensorSchema,
+  ValueInfoProtoSchema,
+  type AttributeProto,
+  type NodeProto,
+  type TensorProto,
+  type ValueInfoProto,
+} from 'onnx-buf';
+import { relative, isAbsolute, sep } from 'node:path';
+import { GraphError, Tensor, type DType, type HostArray, type WeightData } from './tensor.ts';
+
+export const OPSET = 18;
+
+const ELEM: Record<DType, TensorProto_DataType> = {
+  float32: TensorProto_DataType.FLOAT,
+  float16: TensorProto_DataType.FLOAT16,
+  float64: TensorProto_DataType.DOUBLE,
+  int64: TensorProto_DataType.INT64,
+  bool: TensorProto_DataType.BOOL,
+};
+
+/**
+ * How frozen weights reach ORT:
+ * - `inline`: copied into the model bytes (small graphs, tests);
+ * - `feed`: graph inputs bound once to host arrays (no copy; works for any source);
+ * - `external`: ONNX external data pointing into the weight file, memory-mapped by ORT
+ *   (file-backed float32 weights under `externalRoot`; others fall back to `feed`).
+ */
+export type WeightMode = 'inline' | 'feed' | 'external';
+
+export interface ExportOptions {
+  weights?: WeightMode;
+  externalRoot?: string;
+}
+
+export interface ExportedModel {
+  bytes: Uint8Array;
+  /** Weights that must be fed as inputs on every run, by input name. */
+  weightFeeds: Map<string, { dtype: DType; shape: readonly number[]; data: () => HostArray }>;
+  inputs: Array<{ name: string; dtype: DType; shape: readonly number[] }>;
+  outputNames: string[];
+}
+
+function valueInfo(name: string, dtype: DType, shape: readonly number[]): ValueInfoProto {
+  return create(ValueInfoProtoSchema, {
+    name,
+    type: create(TypeProtoSchema, {
+      value: {
+        case: 'tensorType',
+        value: create(TypeProto_TensorSchema, {
+          elemType: ELEM[dtype],
+          shape: create(TensorShapeProtoSchema, {
+            dim: shape.map((d) => create(TensorShapeProto_DimensionSchema, { value: { case: 'dimValue', value: BigInt(d) } })),
+          }),
+        }),
+      },
+    }),
+  });
+}
+
+function bytesOf(a: HostArray): Uint8Array {
+  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength) as Uint8Array<ArrayBuffer>;
+}
+
+function tensorProto(name: string, dtype: DType, shape: readonly number[], data: HostArray): TensorProto {
+  return create(TensorProtoSchema, {
+    name,
+    dims: shape.map((d) => BigInt(d)),
+    dataType: ELEM[dtype],
+    rawData: bytesOf(data) as Uint8Array<ArrayBuffer>,
+  });
+}
+
+function attrInt(name: string, i: number): AttributeProto {
+  return create(AttributeProtoSchema, { name, type: AttributeProto_AttributeType.INT, i: BigInt(i) });
+}
+function attrInts(name: string, ints: readonly number[]): AttributeProto {
+  return create(AttributeProtoSchema, { name, type: AttributeProto_AttributeType.INTS, ints: ints.map((v) => BigInt(v)) });
+}
+function attrString(name: string, s: string): AttributeProto {
+  return create(AttributeProtoSchema, { name, type: AttributeProto_AttributeType.STRING, s: new TextEncoder().encode(s) as Uint8Array<ArrayBuffer> });
+}
+function attrTensor(name: string, t: TensorProto): AttributeProto {
+  return create(AttributeProtoSchema, { name, type: AttributeProto_AttributeType.TENSOR, t });
+}
+
+const SIMPLE: Record<string, string> = {
+  add: 'Add', sub: 'Sub', mul: 'Mul', div: 'Div', pow: 'Pow', max: 'Max',
+  equal: 'Equal', less: 'Less', greater: 'Greater',
+  neg: 'Neg', exp: 'Exp', log: 'Log', sqrt: 'Sqrt', tanh: 'Tanh', sigmoid: 'Sigmoid', erf: 'Erf', sin: 'Sin', cos: 'Cos',
+  where: 'Where', matmul: 'MatMul', gather: 'Gather',
+};
+
+/** Serialises the sub-graph that computes `outputs` (name → tensor). */
+export function exportOnnx(outputs: Record<string, Tensor>, opts: ExportOptions = {}): ExportedModel {
+  const mode = opts.weights ?? 'inline';
+  const outs = Object.entries(outputs);
+  if (outs.length === 0) throw new GraphError('exportOnnx: no outputs');
+  const graph = outs[0][1].graph;
+  // Reachable set.
+  const live = new Uint8Array(graph.tensors.length);
+  const stack = outs.map(([, t]) => t);
+  while (stack.length) {
+    const t = stack.pop()!;
+    if (t.graph !== graph) throw new GraphError('exportOnnx: outputs belong to different graphs');
+    if (live[t.id]) continue;
+    live[t.id] = 1;
+    stack.push(...t.inputs);
+  }
+  const nodes: NodeProto[] = [];
+  const inits: TensorProto[] = [];
+  const inputs: ValueInfoProto[] = [];
+  const inputList: ExportedModel['inputs'] = [];
+  const weightFeeds: ExportedModel['weightFeeds'] = new Map();
+  const nameOf = new Map<number, string>();
+  let aux = 0;
+  const constI64 = (vals: readonly number[]): string => {
+    const name = `k${aux++}`;
+    inits.push(tensorProto(name, 'int64', [vals.length], BigInt64Array.from(vals, (v) => BigInt(v))));
+    return name;
+  };
+  const emit = (opType: string, ins: string[], out: string, attrs: AttributeProto[] = []) => {
+    nodes.push(create(NodeProtoSchema, { opType, input: ins, output: [out], name: `${opType}_${nodes.length}`, attribute: attrs }));
+  };
+
+  for (const t of graph.tensors) {
+    if (!live[t.id]) continue;
+    const a = t.attrs as Record<string, any>;
+    const name = t.op === 'input' || t.op === 'weight' ? (a.name as string) : `t${t.id}`;
+    nameOf.set(t.id, name);
+    const ins = t.inputs.map((x) => nameOf.get(x.id)!);
+    switch (t.op) {
+      case 'input':
+        inputs.push(valueInfo(name, t.dtype, t.shape));
+        inputList.push({ name, dtype: t.dtype, shape: t.shape });
+        break;
+      case 'weight': {
+        const d = a.data as WeightData;
+        const root = opts.externalRoot;
+        if (mode === 'external' && d.kind === 'file' && root && t.dtype === 'float32') {
+          const rel = relative(root, d.path);
+          if (rel.startsWith('..') || isAbsolute(rel)) {
+            throw new GraphError(`weight "${name}": file ${d.path} lies outside the external-data folder ${root}`);
+          }
+          inits.push(
+            create(TensorProtoSchema, {
+              name,
+              dims: t.shape.map((v) => BigInt(v)),
+              dataType: ELEM[t.dtype],
+              dataLocation: TensorProto_DataLocation.EXTERNAL,
+              externalData: [
+                create(StringStringEntryProtoSchema, { key: 'location', value: rel.split(sep).join('/') }),
+                create(StringStringEntryProtoSchema, { key: 'offset', value: String(d.offset) }),
+                create(StringStringEntryProtoSchema, { key: 'length', value: String(d.length) }),
+              ],
+            }),
+          );
+        } else if (mode === 'inline') {
+          inits.push(tensorProto(name, t.dtype, t.shape, d.kind === 'memory' ? d.data : d.read()));
+        } else {
+          inputs.push(valueInfo(name, t.dtype, t.shape));
+          weightFeeds.set(name, { dtype: t.dtype, shape: t.shape, data: () => (d.kind === 'memory' ? d.data : d.read()) });
+        }
+        break;
+      }
+      case 'const':
+        inits.push(tensorProto(name, t.dtype, t.shape, a.values as HostArray));
+        break;
+      case 'cast':
+        emit('Cast', ins, name, [attrInt('to', ELEM[t.dtype])]);
+        break;
+      case 'conv':
+      case 'convT': {
+        const w = t.inputs[1].shape;
+        const attrs = [
+          attrInts('kernel_shape', [w[2], w[3]]),
+          attrInts('strides', [a.stride, a.stride]),
+          attrInts('pads', [a.pad, a.pad, a.pad, a.pad]),
+          attrInts('dilations', [a.dilation, a.dilation]),
+          attrInt('group', a.groups),
+        ];
+        if (t.op === 'convT') attrs.push(attrInts('output_padding', a.outputPadding));
+        emit(t.op === 'conv' ? 'Conv' : 'ConvTranspose', ins, name, attrs);
+        break;
+      }
+      case 'resize':
+        emit('Resize', [ins[0], '', '', constI64(t.shape)], name, [
+          attrString('mode', 'nearest'),
+          attrString('coordinate_transformation_mode', 'asymmetric'),
+          attrString('nearest_mode', 'floor'),
+        ]);
+        break;
+      case 'reduceSum':
+      case 'reduceMean':
+      case 'reduceMax': {
+        const op = { reduceSum: 'ReduceSum', reduceMean: 'ReduceMean', reduceMax: 'ReduceMax' }[t.op as 'reduceSum'];
+        emit(op, [ins[0], constI64(a.axes)], name, [attrInt('keepdims', a.keepDims ? 1 : 0)]);
+        break;
+      }
+      case 'reshape':
+        emit('Reshape', [ins[0], constI64(t.shape)], name);
+        break;
+      case 'expand':
+        emit('Expand', [ins[0], constI64(t.shape)], name);
+        break;
+      case 'transpose':
+        emit('Transpose', ins, name, [attrInts('perm', a.perm)]);
+        break;
+      case 'concat':
+        emit('Concat', ins, name, [attrInt('axis', a.axis)]);
+        break;
+      case 'slice':
+        emit('Slice', [ins[0], constI64(a.starts), constI64(a.ends), constI64(a.axes)], name);
+        break;
+      case 'pad': {
+        const pads = a.pads as number[][];
+        emit('Pad', [ins[0], constI64([...pads.map((p) => p[0]), ...pads.map((p) => p[1])])], name, [attrString('mode', 'constant')]);
+        break;
+      }
+      case 'scatterAdd': {
+        const zeros = `z${aux++}`;
+        const zero = tensorProto('value', t.dtype, [1], t.dtype === 'float64' ? new Float64Array(1) : new Float32Array(1));
+        emit('ConstantOfShape', [constI64(t.shape)], zeros, [attrTensor('value', zero)]);
+        const idx = `i${aux++}`;
+        emit('Reshape', [ins[0], constI64([...t.inputs[0].shape, 1])], idx);
+        emit('ScatterND', [zeros, idx, ins[1]], name, [attrString('reduction', 'add')]);
+        break;
+      }
+      default: {
+        const op = SIMPLE[t.op];
+        if (!op) throw new GraphError(`exportOnnx: op "${t.op}" has no ONNX lowering`);
+        emit(op, ins, name);
+      }
+    }
+  }
+  const outputInfos: ValueInfoProto[] = [];
+  for (const [oname, t] of outs) {
+    emit('Identity', [nameOf.get(t.id)!], oname);
+    outputInfos.push(valueInfo(oname, t.dtype, t.shape));
+  }
+  const model = create(ModelProtoSchema, {
+    irVersion: 9n,
+    producerName: 'oneword',
+    opsetImport: [create(OperatorSetIdProtoSchema, { domain: '', version: BigInt(OPSET) })],
+    graph: create(GraphProtoSchema, { name: 'oneword', node: nodes, initializer: inits, input: inputs, output: outputInfos }),
+  });
+  const bytes = toBinary(ModelProtoSchema, model);
+  return { bytes, weightFeeds, inputs: inputList, outputNames: outs.map(([n]) => n) };
+}

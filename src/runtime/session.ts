@@ -1,0 +1,108 @@
+// Compiles graphs into ONNX Runtime sessions, caches them, and runs them on typed arrays.
+//
+// Weights: three ways were measured (see bench/engine.ts and ORT-NOTES):
+// - inline initializers are copied into the model bytes and again by ORT: fine for tests;
+// - fed inputs are bound once as ort.Tensors over our own arrays (ORT does not copy
+//   inputs), so one in-memory weight set serves every session;
+// - external data pointing into the user's float32 .safetensors file is memory-mapped
+//   by ORT: no private copy at all. With prepacking disabled the run speed is unchanged.
+import ort from 'onnxruntime-node';
+import { createHash } from 'node:crypto';
+import { availableParallelism } from 'node:os';
+import { exportOnnx, type ExportOptions } from '../graph/onnx.ts';
+import { GraphError, Tensor, type DType, type HostArray } from '../graph/tensor.ts';
+
+export interface CompileOptions extends ExportOptions {
+  /** Intra-op threads; default: all cores. */
+  threads?: number;
+  optimization?: 'disabled' | 'basic' | 'extended' | 'all';
+  /** Keep weights mapped instead of letting ORT repack (copy) them. */
+  disablePrepacking?: boolean;
+}
+
+export type Feed = HostArray | Int32Array | number[];
+
+const ORT_TYPE: Record<DType, ort.Tensor.Type> = {
+  float32: 'float32',
+  float16: 'float16',
+  float64: 'float64',
+  int64: 'int64',
+  bool: 'bool',
+};
+
+function toOrt(dtype: DType, shape: readonly number[], data: Feed): ort.Tensor {
+  let arr: HostArray;
+  if (Array.isArray(data) || data instanceof Int32Array) {
+    if (dtype === 'int64') arr = BigInt64Array.from(data as ArrayLike<number>, (v) => BigInt(v));
+    else if (dtype === 'float64') arr = Float64Array.from(data as ArrayLike<number>);
+    else if (dtype === 'bool') arr = Uint8Array.from(data as ArrayLike<number>);
+    else arr = Float32Array.from(data as ArrayLike<number>);
+  } else arr = data;
+  return new ort.Tensor(ORT_TYPE[dtype], arr as any, shape as number[]);
+}
+
+export class CompiledGraph {
+  private readonly weightTensors: Record<string, ort.Tensor> = {};
+  constructor(
+    readonly session: ort.InferenceSession,
+    readonly inputs: Array<{ name: string; dtype: DType; shape: readonly number[] }>,
+    readonly outputNames: string[],
+    weightFeeds: ReturnType<typeof exportOnnx>['weightFeeds'],
+  ) {
+    for (const [name, w] of weightFeeds) this.weightTensors[name] = toOrt(w.dtype, w.shape, w.data());
+  }
+
+  /** Runs the graph; every declared input must be fed. Outputs come back as fresh arrays. */
+  async run(feeds: Record<string, Feed>): Promise<Record<string, HostArray>> {
+    const ortFeeds: Record<string, ort.Tensor> = { ...this.weightTensors };
+    for (const inp of this.inputs) {
+      const v = feeds[inp.name];
+      if (v === undefined) throw new GraphError(`run: missing input "${inp.name}"`);
+      const n = inp.shape.reduce((p, q) => p * q, 1);
+      if (v.length !== n) throw new GraphError(`run: input "${inp.name}" needs ${n} values for shape [${inp.shape.join(', ')}], got ${v.length}`);
+      ortFeeds[inp.name] = toOrt(inp.dtype, inp.shape, v);
+    }
+    const res = await this.session.run(ortFeeds);
+    const out: Record<string, HostArray> = {};
+    for (const name of this.outputNames) out[name] = res[name].data as HostArray;
+    return out;
+  }
+}
+
+const cache = new Map<string, Promise<CompiledGraph>>();
+
+/** Compiles the sub-graph computing `outputs`; identical graphs share one session. */
+export async function compile(outputs: Record<string, Tensor>, opts: CompileOptions = {}): Promise<CompiledGraph> {
+  const exported = exportOnnx(outputs, opts);
+  const threads = opts.threads ?? availableParallelism();
+  const level = opts.optimization ?? 'all';
+  const key = createHash('sha256')
+    .update(exported.bytes)
+    .update(JSON.stringify({ threads, level, p: opts.disablePrepacking ?? false, r: opts.externalRoot ?? '' }))
+    .digest('hex');
+  const hit = cache.get(key);
+  if (hit) return hit;
+  const sessionOptions: ort.InferenceSession.SessionOptions = {
+    intraOpNumThreads: threads,
+    interOpNumThreads: 1,
+    graphOptimizationLevel: level,
+    executionMode: 'sequential',
+    extra: {
+      session: {
+        ...(opts.disablePrepacking ? { disable_prepacking: '1' } : {}),
+        ...(opts.externalRoot ? { model_external_initializers_file_folder_path: opts.externalRoot } : {}),
+      },
+    },
+  };
+  const made = ort.InferenceSession.create(exported.bytes, sessionOptions).then(
+    (s) => new CompiledGraph(s, exported.inputs, exported.outputNames, exported.weightFeeds),
+  );
+  cache.set(key, made);
+  made.catch(() => cache.delete(key));
+  return made;
+}
+
+/** Drops cached sessions (e.g. between benchmark cases). */
+export function clearSessionCache(): void {
+  cache.clear();
+}
