@@ -129,6 +129,9 @@ export function exportOnnx(outputs: Record<string, Tensor>, opts: ExportOptions 
   const inputList: ExportedModel['inputs'] = [];
   const weightFeeds: ExportedModel['weightFeeds'] = new Map();
   const nameOf = new Map<number, string>();
+  // Nodes that compute an output write to the output's name directly (no Identity copy).
+  const directOut = new Map<number, string>();
+  for (const [oname, t] of outs) if (t.op !== 'input' && t.op !== 'weight' && t.op !== 'const' && !directOut.has(t.id)) directOut.set(t.id, oname);
   let aux = 0;
   const constI64 = (vals: readonly number[]): string => {
     const name = `k${aux++}`;
@@ -142,7 +145,7 @@ export function exportOnnx(outputs: Record<string, Tensor>, opts: ExportOptions 
   for (const t of graph.tensors) {
     if (!live[t.id]) continue;
     const a = t.attrs as Record<string, any>;
-    const name = t.op === 'input' || t.op === 'weight' ? (a.name as string) : `t${t.id}`;
+    const name = t.op === 'input' || t.op === 'weight' ? (a.name as string) : directOut.get(t.id) ?? `t${t.id}`;
     nameOf.set(t.id, name);
     const ins = t.inputs.map((x) => nameOf.get(x.id)!);
     switch (t.op) {
@@ -251,7 +254,7 @@ export function exportOnnx(outputs: Record<string, Tensor>, opts: ExportOptions 
   }
   const outputInfos: ValueInfoProto[] = [];
   for (const [oname, t] of outs) {
-    emit('Identity', [nameOf.get(t.id)!], oname);
+    if (nameOf.get(t.id) !== oname) emit('Identity', [nameOf.get(t.id)!], oname);
     outputInfos.push(valueInfo(oname, t.dtype, t.shape));
   }
   const model = create(ModelProtoSchema, {
