@@ -25,6 +25,8 @@ export class GraphError extends Error {
 /** Where a weight's values come from when the graph runs. */
 export type WeightData =
   | { kind: 'memory'; data: HostArray }
+  /** Read on first use (e.g. cast from an fp16 checkpoint). */
+  | { kind: 'lazy'; read: () => HostArray }
   /** Raw little-endian float32 bytes at `offset` in a file (e.g. inside a .safetensors file). */
   | { kind: 'file'; path: string; offset: number; length: number; read: () => HostArray };
 
