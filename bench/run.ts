@@ -1,8 +1,10 @@
 // `npm run bench -- <suite…>`: prints one JSON line per case.
 import { benchEngine } from './engine.ts';
+import { benchComponents } from './components.ts';
 
 const suites: Record<string, () => Promise<void>> = {
   engine: benchEngine,
+  components: () => benchComponents(),
 };
 
 const wanted = process.argv.slice(2);

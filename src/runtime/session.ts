@@ -18,6 +18,8 @@ export interface CompileOptions extends ExportOptions {
   optimization?: 'disabled' | 'basic' | 'extended' | 'all';
   /** Keep weights mapped instead of letting ORT repack (copy) them. */
   disablePrepacking?: boolean;
+  /** Write ORT's per-node profile (JSON) with this file prefix. */
+  profilePrefix?: string;
 }
 
 export type Feed = HostArray | Int32Array | number[];
@@ -87,6 +89,7 @@ export async function compile(outputs: Record<string, Tensor>, opts: CompileOpti
     interOpNumThreads: 1,
     graphOptimizationLevel: level,
     executionMode: 'sequential',
+    ...(opts.profilePrefix ? { enableProfiling: true, profileFilePrefix: opts.profilePrefix } : {}),
     extra: {
       session: {
         ...(opts.disablePrepacking ? { disable_prepacking: '1' } : {}),
