@@ -22,7 +22,8 @@ import {
   type TensorProto,
   type ValueInfoProto,
 } from 'onnx-buf';
-import { relative, isAbsolute, sep } from 'node:path';
+import { relative, isAbsolute, sep, dirname } from 'node:path';
+import { realpathSync } from 'node:fs';
 import { GraphError, Tensor, type DType, type HostArray, type WeightData } from './tensor.ts';
 
 export const OPSET = 18;
@@ -55,6 +56,21 @@ export interface ExportedModel {
   weightFeeds: Map<string, { dtype: DType; shape: readonly number[]; data: () => HostArray }>;
   inputs: Array<{ name: string; dtype: DType; shape: readonly number[] }>;
   outputNames: string[];
+  /** Folder that external-data locations are relative to (pass to ORT). */
+  externalRoot: string | null;
+}
+
+/** Deepest folder containing every path (after resolving symlinks, as ORT requires). */
+function commonFolder(paths: string[]): string {
+  const parts = paths.map((p) => dirname(p).split(sep));
+  const first = parts[0];
+  let n = first.length;
+  for (const p of parts) {
+    let i = 0;
+    while (i < n && i < p.length && p[i] === first[i]) i++;
+    n = i;
+  }
+  return first.slice(0, n).join(sep) || sep;
 }
 
 function valueInfo(name: string, dtype: DType, shape: readonly number[]): ValueInfoProto {
@@ -113,6 +129,16 @@ export function exportOnnx(outputs: Record<string, Tensor>, opts: ExportOptions 
   const outs = Object.entries(outputs);
   if (outs.length === 0) throw new GraphError('exportOnnx: no outputs');
   const graph = outs[0][1].graph;
+  // External data must lie under one folder without symlinks leading out of it, so
+  // locations are resolved first (e.g. Hugging Face cache snapshots link into blobs/).
+  const real = new Map<string, string>();
+  if (mode === 'external') {
+    for (const t of outs[0][1].graph.tensors) {
+      const d = t.attrs.data as WeightData | undefined;
+      if (t.op === 'weight' && d?.kind === 'file' && !real.has(d.path)) real.set(d.path, realpathSync(d.path));
+    }
+  }
+  const externalRoot = mode === 'external' && real.size ? opts.externalRoot ?? commonFolder([...real.values()]) : null;
   // Reachable set.
   const live = new Uint8Array(graph.tensors.length);
   const stack = outs.map(([, t]) => t);
@@ -155,9 +181,9 @@ export function exportOnnx(outputs: Record<string, Tensor>, opts: ExportOptions 
         break;
       case 'weight': {
         const d = a.data as WeightData;
-        const root = opts.externalRoot;
+        const root = externalRoot;
         if (mode === 'external' && d.kind === 'file' && root && t.dtype === 'float32') {
-          const rel = relative(root, d.path);
+          const rel = relative(realpathSync(root), real.get(d.path)!);
           if (rel.startsWith('..') || isAbsolute(rel)) {
             throw new GraphError(`weight "${name}": file ${d.path} lies outside the external-data folder ${root}`);
           }
@@ -264,5 +290,5 @@ export function exportOnnx(outputs: Record<string, Tensor>, opts: ExportOptions 
     graph: create(GraphProtoSchema, { name: 'oneword', node: nodes, initializer: inits, input: inputs, output: outputInfos }),
   });
   const bytes = toBinary(ModelProtoSchema, model);
-  return { bytes, weightFeeds, inputs: inputList, outputNames: outs.map(([n]) => n) };
+  return { bytes, weightFeeds, inputs: inputList, outputNames: outs.map(([n]) => n), externalRoot };
 }

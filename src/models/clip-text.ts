@@ -5,16 +5,8 @@ import * as o from '../graph/index.ts';
 import type { Tensor } from '../graph/index.ts';
 import type { Params } from './params.ts';
 
-export interface CLIPTextConfig {
-  vocab_size: number;
-  hidden_size: number;
-  intermediate_size: number;
-  num_hidden_layers: number;
-  num_attention_heads: number;
-  max_position_embeddings: number;
-  hidden_act: 'quick_gelu' | 'gelu' | string;
-  layer_norm_eps: number;
-}
+export type { CLIPTextConfig } from '../io/checkpoint.ts';
+import type { CLIPTextConfig } from '../io/checkpoint.ts';
 
 export interface ClipTextOptions {
   /** Extra embedding rows [N, D] for ids vocab_size … vocab_size+N-1 (learned tokens). */

@@ -1,9 +1,7 @@
 // Reference architectures (Stable Diffusion 1.5 / 2.x as published in diffusers configs).
-import type { CLIPTextConfig } from './clip-text.ts';
-import type { UNetConfig } from './unet.ts';
-import type { VAEConfig } from './vae.ts';
+import { parseCLIPTextConfig, parseUNetConfig, parseVAEConfig } from '../io/checkpoint.ts';
 
-export const SD15_UNET: UNetConfig = {
+export const SD15_UNET = parseUNetConfig({
   in_channels: 4,
   out_channels: 4,
   block_out_channels: [320, 640, 1280, 1280],
@@ -17,9 +15,9 @@ export const SD15_UNET: UNetConfig = {
   norm_eps: 1e-5,
   flip_sin_to_cos: true,
   freq_shift: 0,
-};
+}, 'preset:sd15/unet');
 
-export const SD15_TEXT: CLIPTextConfig = {
+export const SD15_TEXT = parseCLIPTextConfig({
   vocab_size: 49408,
   hidden_size: 768,
   intermediate_size: 3072,
@@ -28,9 +26,9 @@ export const SD15_TEXT: CLIPTextConfig = {
   max_position_embeddings: 77,
   hidden_act: 'quick_gelu',
   layer_norm_eps: 1e-5,
-};
+}, 'preset:sd15/text_encoder');
 
-export const SD15_VAE: VAEConfig = {
+export const SD15_VAE = parseVAEConfig({
   in_channels: 3,
   out_channels: 3,
   latent_channels: 4,
@@ -38,4 +36,6 @@ export const SD15_VAE: VAEConfig = {
   layers_per_block: 2,
   norm_num_groups: 32,
   scaling_factor: 0.18215,
-};
+  down_block_types: ['DownEncoderBlock2D', 'DownEncoderBlock2D', 'DownEncoderBlock2D', 'DownEncoderBlock2D'],
+  up_block_types: ['UpDecoderBlock2D', 'UpDecoderBlock2D', 'UpDecoderBlock2D', 'UpDecoderBlock2D'],
+}, 'preset:sd15/vae');

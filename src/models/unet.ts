@@ -4,23 +4,8 @@ import { GraphError, type Tensor } from '../graph/index.ts';
 import type { Params } from './params.ts';
 import { attentionP, conv, fromTokens, groupNormP, layerNormP, linearP, resnetBlock2D, toTokens } from './blocks.ts';
 
-export interface UNetConfig {
-  in_channels: number;
-  out_channels: number;
-  block_out_channels: number[];
-  down_block_types: string[];
-  up_block_types: string[];
-  layers_per_block: number;
-  /** diffusers uses this as the number of heads when num_attention_heads is unset. */
-  attention_head_dim: number | number[];
-  num_attention_heads?: number | number[] | null;
-  cross_attention_dim: number;
-  use_linear_projection?: boolean;
-  norm_num_groups: number;
-  norm_eps: number;
-  flip_sin_to_cos?: boolean;
-  freq_shift?: number;
-}
+export type { UNetConfig } from '../io/checkpoint.ts';
+import type { UNetConfig } from '../io/checkpoint.ts';
 
 interface Ctx {
   cfg: UNetConfig;

@@ -4,15 +4,8 @@ import type { Tensor } from '../graph/index.ts';
 import type { Params } from './params.ts';
 import { conv, fromTokens, groupNormP, linearP, resnetBlock2D, toTokens } from './blocks.ts';
 
-export interface VAEConfig {
-  in_channels: number;
-  out_channels: number;
-  latent_channels: number;
-  block_out_channels: number[];
-  layers_per_block: number;
-  norm_num_groups: number;
-  scaling_factor: number;
-}
+export type { VAEConfig } from '../io/checkpoint.ts';
+import type { VAEConfig } from '../io/checkpoint.ts';
 
 const EPS = 1e-6;
 

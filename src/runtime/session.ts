@@ -80,7 +80,7 @@ export async function compile(outputs: Record<string, Tensor>, opts: CompileOpti
   const level = opts.optimization ?? 'all';
   const key = createHash('sha256')
     .update(exported.bytes)
-    .update(JSON.stringify({ threads, level, p: opts.disablePrepacking ?? false, r: opts.externalRoot ?? '' }))
+    .update(JSON.stringify({ threads, level, p: opts.disablePrepacking ?? false, r: exported.externalRoot ?? '' }))
     .digest('hex');
   const hit = cache.get(key);
   if (hit) return hit;
@@ -93,7 +93,7 @@ export async function compile(outputs: Record<string, Tensor>, opts: CompileOpti
     extra: {
       session: {
         ...(opts.disablePrepacking ? { disable_prepacking: '1' } : {}),
-        ...(opts.externalRoot ? { model_external_initializers_file_folder_path: opts.externalRoot } : {}),
+        ...(exported.externalRoot ? { model_external_initializers_file_folder_path: exported.externalRoot } : {}),
       },
     },
   };

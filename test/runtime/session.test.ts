@@ -51,7 +51,12 @@ test('weights inline, fed, or mapped from a .safetensors file give the same outp
 test('external weights outside the model folder are refused', async () => {
   const g = new o.Graph();
   const w = g.weight('w', [1], { kind: 'file', path: '/etc/passwd', offset: 0, length: 4, read: () => new Float32Array(1) });
-  await assert.rejects(() => compile({ y: o.mul(w, 2) }, { weights: 'external', externalRoot: '/tmp/model' }), /lies outside the external-data folder/);
+  const root = mkdtempSync(join(tmpdir(), 'oneword-root-'));
+  try {
+    await assert.rejects(() => compile({ y: o.mul(w, 2) }, { weights: 'external', externalRoot: root }), /lies outside the external-data folder/);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
 });
 
 test('identical graphs share one compiled session', async () => {
