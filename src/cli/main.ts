@@ -1,14 +1,24 @@
 // oneword command-line entry: dispatches subcommands.
+import { UsageError } from './args.ts';
+
 const HELP = `oneword — textual inversion for Stable Diffusion, on ONNX Runtime
 
 Usage: oneword <command> [options]
 
 Commands:
   verify     check oneword's outputs against a diffusers reference file
+  shapes     render and analyze images of the bundled "shapes" world
   help       show this help
 
 Run "oneword <command> --help" for a command's options.
 `;
+
+type Command = (argv: string[]) => Promise<number>;
+
+const commands: Record<string, () => Promise<Command>> = {
+  verify: async () => (await import('./verify.ts')).verifyCommand,
+  shapes: async () => (await import('./shapes.ts')).shapesCommand,
+};
 
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -16,7 +26,21 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(HELP);
     return 0;
   }
-  void rest;
-  process.stderr.write(`oneword: unknown command "${command}"\n\n${HELP}`);
-  return 2;
+  const load = commands[command];
+  if (!load) {
+    process.stderr.write(`oneword: unknown command "${command}"\n\n${HELP}`);
+    return 2;
+  }
+  try {
+    return await (await load())(rest);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`oneword ${command}: ${e.message}\nRun "oneword ${command} --help" for usage.\n`);
+      return 2;
+    }
+    const err = e as Error;
+    process.stderr.write(`oneword ${command}: ${err.message}\n`);
+    if (process.env.ONEWORD_DEBUG) process.stderr.write(`${err.stack}\n`);
+    return 1;
+  }
 }
