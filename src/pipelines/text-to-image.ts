@@ -68,7 +68,7 @@ export async function denoise(sd: StableDiffusion, o: DenoiseOptions): Promise<F
   scheduler.setTimesteps(o.steps);
   const [c, h, w] = o.latentShape;
   const n = c * h * w;
-  let x = Float32Array.from(o.initLatents, (v) => v * scheduler.initNoiseSigma);
+  let x: Float32Array = Float32Array.from(o.initLatents, (v) => v * scheduler.initNoiseSigma);
   const guided = o.guidance > 1;
   const d = sd.hiddenSize;
   const ctxLen = o.cond.chunks * 77 * d;
