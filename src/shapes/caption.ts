@@ -1,0 +1,64 @@
+// Plain-English captions for shapes-world images. Attributes are randomly left out so the
+// model learns to fill them in. Textures are never named: the model learns to draw them
+// without having a word for them, which is what textual inversion is then asked to find.
+import type { Attrs, Background, Position } from './attributes.ts';
+import type { Rng } from './random.ts';
+
+export interface CaptionOptions {
+  /** Probability of leaving out each of size, colour, position and background (default 0.3). */
+  dropProb?: number;
+  /** Probability of replacing the shape noun by "shape" (default 0.1). */
+  shapeDropProb?: number;
+}
+
+const POSITION_PHRASES: { readonly [K in Position]: readonly string[] } = {
+  'top-left': ['at the top left', 'in the top left corner'],
+  top: ['at the top'],
+  'top-right': ['at the top right', 'in the top right corner'],
+  left: ['on the left'],
+  center: ['in the center', 'in the middle'],
+  right: ['on the right'],
+  'bottom-left': ['at the bottom left', 'in the bottom left corner'],
+  bottom: ['at the bottom'],
+  'bottom-right': ['at the bottom right', 'in the bottom right corner'],
+};
+
+const BACKGROUND_PHRASES: readonly ((bg: Background) => string)[] = [
+  (bg) => `on a ${bg} background`,
+  (bg) => `on ${bg}`,
+  (bg) => `against a ${bg} background`,
+];
+
+/** "a" or "an" for the word that follows (our vocabulary has no silent h / "u" = "you" cases). */
+export function article(word: string): 'a' | 'an' {
+  return /^[aeiou]/i.test(word) ? 'an' : 'a';
+}
+
+function nounPhrase(words: string[]): string {
+  return `${article(words[0])} ${words.join(' ')}`;
+}
+
+/** The fullest caption, one fixed wording: "a small red star at the top left on a white background". */
+export function describe(attrs: Attrs): string {
+  return `${nounPhrase([attrs.size, attrs.color, attrs.shape])} ${POSITION_PHRASES[attrs.position][0]} ${BACKGROUND_PHRASES[0](attrs.background)}`;
+}
+
+/** A random caption for `attrs`: random omissions and a few phrasings; never the texture. */
+export function captionFor(attrs: Attrs, rng: Rng, opts: CaptionOptions = {}): string {
+  const drop = opts.dropProb ?? 0.3;
+  const dropShape = opts.shapeDropProb ?? 0.1;
+  const words: string[] = [];
+  if (!rng.chance(drop)) words.push(attrs.size);
+  if (!rng.chance(drop)) words.push(attrs.color);
+  words.push(rng.chance(dropShape) ? 'shape' : attrs.shape);
+  const np = nounPhrase(words);
+  const pos = rng.chance(drop) ? '' : rng.pick(POSITION_PHRASES[attrs.position]);
+  const bg = rng.chance(drop) ? '' : rng.pick(BACKGROUND_PHRASES)(attrs.background);
+  // ordering: mostly "np pos bg", sometimes the position first or the background first
+  const form = rng.int(10);
+  let parts: string[];
+  if (form < 6 || !pos) parts = [np, pos, bg];
+  else if (form < 8) parts = [`${pos},`, np, bg];
+  else parts = [np, bg, pos];
+  return parts.filter((p) => p).join(' ');
+}

@@ -1,0 +1,62 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { type Attrs, TEXTURES, randomAttributes } from '../../src/shapes/attributes.ts';
+import { article, captionFor, describe } from '../../src/shapes/caption.ts';
+import { Rng } from '../../src/shapes/random.ts';
+
+const star: Attrs = { shape: 'star', color: 'red', size: 'small', position: 'top-left', background: 'white', texture: 'striped' };
+
+test('describe gives the fullest fixed wording', () => {
+  assert.equal(describe(star), 'a small red star at the top left on a white background');
+  assert.equal(describe({ ...star, size: 'large', color: 'blue', shape: 'ring', position: 'center', background: 'black' }),
+    'a large blue ring in the center on a black background');
+  assert.equal(describe({ ...star, position: 'right' }), 'a small red star on the right on a white background');
+});
+
+test('articles: "an orange star", "a large orange star"', () => {
+  assert.equal(article('orange'), 'an');
+  assert.equal(article('red'), 'a');
+  const rng = new Rng(1);
+  const caps = Array.from({ length: 300 }, () => captionFor({ ...star, color: 'orange' }, rng));
+  assert.ok(caps.some((c) => /\ban orange star\b/.test(c)));
+  assert.ok(caps.some((c) => /\ba small orange star\b/.test(c)));
+  assert.ok(!caps.some((c) => /\ba orange\b|\ban small\b|\ban star\b/.test(c)));
+});
+
+test('textures are never named, whatever the attributes', () => {
+  const rng = new Rng(2);
+  const banned = /strip|dot|check|plain|pattern|textur|spot|plaid/i;
+  for (let i = 0; i < 2000; i++) {
+    const a = randomAttributes(rng);
+    const c = captionFor(a, rng);
+    assert.ok(!banned.test(c), c);
+    for (const t of TEXTURES) assert.ok(!c.includes(t));
+  }
+  assert.ok(!banned.test(describe(star)));
+});
+
+test('attributes are dropped at random and kept otherwise', () => {
+  const rng = new Rng(3);
+  const full = captionFor(star, rng, { dropProb: 0, shapeDropProb: 0 });
+  for (const w of ['small', 'red', 'star', 'top left', 'white']) assert.ok(full.includes(w), `${w} in "${full}"`);
+  assert.equal(captionFor(star, rng, { dropProb: 1, shapeDropProb: 0 }), 'a star');
+  assert.equal(captionFor(star, rng, { dropProb: 1, shapeDropProb: 1 }), 'a shape');
+  // default: each optional attribute appears sometimes, not always
+  const caps = Array.from({ length: 500 }, () => captionFor(star, rng));
+  for (const w of ['small', 'red', 'top left', 'white']) {
+    const n = caps.filter((c) => c.includes(w)).length;
+    assert.ok(n > 250 && n < 450, `${w} in ${n}/500`);
+  }
+  assert.ok(new Set(caps).size > 20, 'several phrasings');
+});
+
+test('captions are deterministic for a seed and never mention a wrong value', () => {
+  const a = Array.from({ length: 20 }, (_, i) => captionFor(star, new Rng(i)));
+  const b = Array.from({ length: 20 }, (_, i) => captionFor(star, new Rng(i)));
+  assert.deepEqual(a, b);
+  const rng = new Rng(4);
+  for (let i = 0; i < 300; i++) {
+    const c = captionFor(star, rng);
+    assert.ok(!/\b(large|blue|green|circle|ring|bottom|black|gray|beige)\b/.test(c), c);
+  }
+});
