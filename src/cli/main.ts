@@ -6,6 +6,7 @@ const HELP = `oneword — textual inversion for Stable Diffusion, on ONNX Runtim
 Usage: oneword <command> [options]
 
 Commands:
+  generate   text-to-image, with learned embeddings (--embedding)
   verify     check oneword's outputs against a diffusers reference file
   shapes     render and analyze images of the bundled "shapes" world
   help       show this help
@@ -17,6 +18,7 @@ type Command = (argv: string[]) => Promise<number>;
 
 const commands: Record<string, () => Promise<Command>> = {
   verify: async () => (await import('./verify.ts')).verifyCommand,
+  generate: async () => (await import('./generate.ts')).generateCommand,
   shapes: async () => (await import('./shapes.ts')).shapesCommand,
 };
 

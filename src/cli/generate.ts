@@ -1,0 +1,114 @@
+// `oneword generate`: text-to-image with optional learned embeddings; PNGs carry A1111 infotext.
+import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { loadEmbedding } from '../io/embeddings.ts';
+import { a1111ShortHash, formatA1111Parameters, savePng } from '../io/images.ts';
+import { describeSamplers } from '../schedulers/index.ts';
+import { checkGenerateOptions, generate } from '../pipelines/generate.ts';
+import { StableDiffusion } from '../pipelines/stable-diffusion.ts';
+import { parseArgs, UsageError } from './args.ts';
+import { Progress, type ProgressMode } from './progress.ts';
+import { DEFAULT_MODEL, modelName } from './defaults.ts';
+
+export const GENERATE_HELP = `Usage: oneword generate --prompt "…" [options]
+
+Options:
+  --model PATH          diffusers folder or single-file .safetensors (default: ${DEFAULT_MODEL})
+  --prompt TEXT         the prompt; A1111 syntax: (word:1.2), (word), [word], BREAK; any length
+  --negative TEXT       negative prompt (default: empty)
+  --steps N             sampling steps (default 30)
+  --cfg X               classifier-free guidance scale (default 7.5; 1 = no guidance)
+  --scheduler NAME      sampler (default dpmpp2m-karras):
+${describeSamplers().replace(/^/gm, '    ')}
+  --eta X               DDIM noise (ddim only; default 0)
+  --seed N              seed of the first image; image i uses seed + i (default 42)
+  --width N, --height N image size, a multiple of the VAE factor (default: the model's native size)
+  --count N             number of images (default 1)
+  --embedding FILE      load a textual-inversion embedding (repeatable); FILE:TOKEN sets its prompt word
+                        (default: the file name). diffusers, A1111/kohya .safetensors and .pt/.bin files
+  --out DIR             output folder (default outputs)
+  --threads N           CPU threads (default: all cores)
+  --progress MODE       bar | json | quiet (default bar);  --quiet = --progress quiet
+`;
+
+/** `FILE:TOKEN` → [file, token]; a Windows drive letter or plain path stays whole. */
+function splitEmbeddingArg(arg: string): [string, string | undefined] {
+  const i = arg.lastIndexOf(':');
+  if (i <= 1 || existsSync(arg)) return [arg, undefined];
+  return [arg.slice(0, i), arg.slice(i + 1)];
+}
+
+export function loadEmbeddingsInto(sd: StableDiffusion, args: string[]): Record<string, string> {
+  const hashes: Record<string, string> = {};
+  for (const a of args) {
+    const [file, token] = splitEmbeddingArg(a);
+    const e = loadEmbedding(file, { token });
+    if (e.dim !== sd.hiddenSize) {
+      throw new UsageError(`${file}: the embedding has ${e.dim}-dimensional vectors but this model's text encoder uses ${sd.hiddenSize} (SD 1.x: 768, SD 2.x: 1024)`);
+    }
+    sd.addLearnedToken(e.token, e.vectors, e.count);
+    hashes[e.token] = a1111ShortHash(file, 12);
+  }
+  return hashes;
+}
+
+function nextIndex(dir: string): number {
+  let max = -1;
+  for (const f of readdirSync(dir)) {
+    const m = /^(\d{5})-/.exec(f);
+    if (m) max = Math.max(max, Number(m[1]));
+  }
+  return max + 1;
+}
+
+const SAMPLER_INFOTEXT: Record<string, string> = {
+  ddim: 'DDIM', pndm: 'PLMS', euler: 'Euler', 'euler-karras': 'Euler Karras', 'euler-a': 'Euler a',
+  dpmpp2m: 'DPM++ 2M', 'dpmpp2m-karras': 'DPM++ 2M Karras',
+};
+
+export async function generateCommand(argv: string[]): Promise<number> {
+  const { flags, positional } = parseArgs(argv, {
+    model: { type: 'string' }, prompt: { type: 'string', alias: 'p' }, negative: { type: 'string' },
+    steps: { type: 'number' }, cfg: { type: 'number' }, scheduler: { type: 'string' }, eta: { type: 'number' },
+    seed: { type: 'number' }, width: { type: 'number' }, height: { type: 'number' }, count: { type: 'number', alias: 'n' },
+    embedding: { type: 'string', multiple: true }, out: { type: 'string', alias: 'o' }, threads: { type: 'number' },
+    progress: { type: 'string' }, quiet: { type: 'boolean', alias: 'q' }, help: { type: 'boolean', alias: 'h' },
+  });
+  if (flags.help) {
+    process.stdout.write(GENERATE_HELP);
+    return 0;
+  }
+  if (positional.length) throw new UsageError(`unexpected argument "${positional[0]}" (put the prompt in --prompt "…")`);
+  if (flags.prompt === undefined) throw new UsageError('generate needs --prompt');
+  const mode = (flags.quiet ? 'quiet' : (flags.progress as string | undefined) ?? 'bar') as ProgressMode;
+  if (!['bar', 'json', 'quiet'].includes(mode)) throw new UsageError(`--progress must be bar, json or quiet, got "${mode}"`);
+  const modelPath = (flags.model as string | undefined) ?? DEFAULT_MODEL;
+  const sd = StableDiffusion.load(modelPath, { threads: flags.threads as number | undefined });
+  const tiHashes = loadEmbeddingsInto(sd, (flags.embedding as string[] | undefined) ?? []);
+  const opts = checkGenerateOptions(sd, {
+    prompt: String(flags.prompt), negative: flags.negative as string | undefined, steps: flags.steps as number | undefined,
+    guidance: flags.cfg as number | undefined, sampler: flags.scheduler as string | undefined, seed: flags.seed as number | undefined,
+    width: flags.width as number | undefined, height: flags.height as number | undefined, count: flags.count as number | undefined,
+    eta: flags.eta as number | undefined,
+  });
+  const out = (flags.out as string | undefined) ?? 'outputs';
+  mkdirSync(out, { recursive: true });
+  const progress = new Progress(mode, 'generate', opts.count * opts.steps);
+  const images = await generate(sd, { ...opts, onStep: (i, s) => progress.update(i * opts.steps + s, { image: i + 1 }) });
+  let index = nextIndex(out);
+  const written: string[] = [];
+  for (const img of images) {
+    const parameters = formatA1111Parameters({
+      prompt: opts.prompt, negativePrompt: opts.negative, steps: opts.steps, sampler: SAMPLER_INFOTEXT[opts.sampler] ?? opts.sampler,
+      cfgScale: opts.guidance, seed: img.seed, width: img.width, height: img.height, model: modelName(modelPath),
+      tiHashes: Object.keys(tiHashes).length ? tiHashes : undefined, extra: { Version: 'oneword' },
+    });
+    const file = join(out, `${String(index++).padStart(5, '0')}-${img.seed}.png`);
+    savePng(file, img.pixels, img.width, img.height, { parameters });
+    written.push(file);
+  }
+  if (mode === 'json') process.stdout.write(`${JSON.stringify({ event: 'done', files: written })}\n`);
+  else if (mode === 'bar') for (const f of written) process.stdout.write(`${f}\n`);
+  void basename;
+  return 0;
+}

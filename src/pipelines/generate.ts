@@ -1,0 +1,86 @@
+// High-level generation: prompts → images, one seed per image (seed, seed+1, … as A1111),
+// initial latents drawn exactly as torch.randn with a CPU generator seeded with that seed.
+import { createSampler, SAMPLERS, TorchGenerator, type SamplerName } from '../schedulers/index.ts';
+import { decodeLatents, denoise, encodePrompt, matchChunks } from './text-to-image.ts';
+import type { StableDiffusion } from './stable-diffusion.ts';
+
+export interface GenerateOptions {
+  prompt: string;
+  negative?: string;
+  steps?: number;
+  guidance?: number;
+  sampler?: string;
+  seed?: number;
+  width?: number;
+  height?: number;
+  count?: number;
+  eta?: number;
+  onStep?: (image: number, step: number, steps: number) => void;
+}
+
+export interface GeneratedImage {
+  /** CHW float32 in [0, 1]. */
+  pixels: Float32Array;
+  width: number;
+  height: number;
+  seed: number;
+}
+
+export class GenerateError extends Error {
+  override name = 'GenerateError';
+}
+
+/** The model's native size: UNet sample_size × VAE factor (512 for SD 1.5). */
+export function defaultSize(sd: StableDiffusion): number {
+  return (sd.ckpt.unetConfig.sample_size ?? 64) * sd.vaeFactor;
+}
+
+export function checkGenerateOptions(sd: StableDiffusion, o: GenerateOptions): Required<Omit<GenerateOptions, 'onStep' | 'eta'>> & { eta?: number } {
+  const size = defaultSize(sd);
+  const r = {
+    prompt: o.prompt,
+    negative: o.negative ?? '',
+    steps: o.steps ?? 30,
+    guidance: o.guidance ?? 7.5,
+    sampler: o.sampler ?? 'dpmpp2m-karras',
+    seed: o.seed ?? 42,
+    width: o.width ?? size,
+    height: o.height ?? size,
+    count: o.count ?? 1,
+    eta: o.eta,
+  };
+  const f = sd.vaeFactor;
+  if (!Number.isInteger(r.steps) || r.steps < 1) throw new GenerateError(`steps must be a positive whole number, got ${r.steps}`);
+  if (!Number.isInteger(r.count) || r.count < 1) throw new GenerateError(`count must be a positive whole number, got ${r.count}`);
+  if (!(r.guidance >= 0)) throw new GenerateError(`cfg must be ≥ 0, got ${r.guidance}`);
+  if (!Number.isInteger(r.seed) || r.seed < 0) throw new GenerateError(`seed must be a whole number ≥ 0, got ${r.seed}`);
+  for (const [k, v] of [['width', r.width], ['height', r.height]] as const) {
+    if (!Number.isInteger(v) || v <= 0 || v % f !== 0) {
+      throw new GenerateError(`${k} must be a positive multiple of ${f} (this model's VAE downscales by ${f}), got ${v}`);
+    }
+  }
+  if (!(r.sampler in SAMPLERS)) throw new GenerateError(`unknown scheduler "${r.sampler}" (use one of ${Object.keys(SAMPLERS).join(', ')})`);
+  if (r.eta !== undefined && SAMPLERS[r.sampler as SamplerName].kind !== 'ddim') throw new GenerateError('--eta applies to the ddim scheduler only');
+  return r;
+}
+
+export async function generate(sd: StableDiffusion, opts: GenerateOptions): Promise<GeneratedImage[]> {
+  const o = checkGenerateOptions(sd, opts);
+  const f = sd.vaeFactor;
+  const latentShape: [number, number, number] = [sd.latentChannels, o.height / f, o.width / f];
+  const [cond, uncond] = await matchChunks(sd, await encodePrompt(sd, o.prompt), await encodePrompt(sd, o.negative));
+  const images: GeneratedImage[] = [];
+  for (let i = 0; i < o.count; i++) {
+    const seed = o.seed + i;
+    const gen = new TorchGenerator(seed);
+    const initLatents = gen.randn([1, ...latentShape]);
+    const scheduler = createSampler(o.sampler, sd.ckpt.schedulerConfig, o.eta !== undefined ? { eta: o.eta } : {});
+    const latents = await denoise(sd, {
+      scheduler, steps: o.steps, guidance: o.guidance, initLatents, latentShape, cond, uncond, noise: gen,
+      onStep: (s) => opts.onStep?.(i, s.step + 1, s.steps),
+    });
+    const { image } = await decodeLatents(sd, latents, latentShape);
+    images.push({ pixels: image, width: o.width, height: o.height, seed });
+  }
+  return images;
+}

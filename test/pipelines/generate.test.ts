@@ -1,0 +1,92 @@
+// `oneword generate`: deterministic PNGs with A1111 infotext, embeddings, clear errors.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { readPngParameters, parseA1111Parameters } from '../../src/io/images.ts';
+import { saveDiffusersEmbedding } from '../../src/io/embeddings.ts';
+import { StableDiffusion } from '../../src/pipelines/stable-diffusion.ts';
+import { generate } from '../../src/pipelines/generate.ts';
+import { tokenizeWeighted } from '../../src/pipelines/prompt.ts';
+import { TorchGenerator } from '../../src/schedulers/index.ts';
+import { SafetensorsFile } from '../../src/io/safetensors.ts';
+
+const FIX = new URL('../fixtures/', import.meta.url).pathname;
+const BIN = new URL('../../bin/oneword.js', import.meta.url).pathname;
+const run = (args: string[]) => spawnSync(process.execPath, [BIN, 'generate', ...args], { encoding: 'utf8' });
+
+test('generate: the same seed gives byte-identical PNGs, with A1111 parameters', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'oneword-gen-'));
+  try {
+    const args = ['--model', join(FIX, 'sd1-tiny'), '--prompt', 'a photo of an astronaut', '--negative', 'blurry', '--steps', '6', '--count', '2', '--seed', '7', '--quiet'];
+    for (const sub of ['a', 'b']) {
+      const r = run([...args, '--out', join(dir, sub)]);
+      assert.equal(r.status, 0, r.stderr);
+    }
+    const files = readdirSync(join(dir, 'a')).sort();
+    assert.deepEqual(files, ['00000-7.png', '00001-8.png']);
+    for (const f of files) assert.ok(readFileSync(join(dir, 'a', f)).equals(readFileSync(join(dir, 'b', f))), `${f} differs between runs`);
+    assert.ok(!readFileSync(join(dir, 'a', files[0])).equals(readFileSync(join(dir, 'a', files[1]))), 'different seeds gave the same image');
+    const p = parseA1111Parameters(readPngParameters(join(dir, 'a', files[1]))!);
+    assert.equal(p.prompt, 'a photo of an astronaut');
+    assert.equal(p.negativePrompt, 'blurry');
+    assert.equal(p.params.Seed, '8');
+    assert.equal(p.params.Steps, '6');
+    assert.equal(p.params.Sampler, 'DPM++ 2M Karras');
+    assert.equal(p.params.Size, '64x64');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('generate: initial latents are torch.randn from a CPU generator seeded with the seed', () => {
+  // The reference file's first random draw from seed 0 is unet.latents.
+  const ref = SafetensorsFile.open(join(FIX, 'sd1-tiny.ref.seed0.safetensors'));
+  const want = ref.readFloat32('unet.latents');
+  const got = new TorchGenerator(0).randn(ref.info('unet.latents').shape);
+  assert.deepEqual([...got], [...want]);
+});
+
+test('generate: a learned embedding changes the image only where its token is used', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'oneword-emb-'));
+  try {
+    const sd = StableDiffusion.load(join(FIX, 'sd1-tiny'));
+    const d = sd.hiddenSize;
+    const vec = Float32Array.from({ length: 2 * d }, (_, i) => Math.sin(i) * 0.5);
+    const file = join(dir, 'my-thing.safetensors');
+    saveDiffusersEmbedding(file, '<my-thing>', vec, 2, d);
+    const base = { steps: 4, count: 1, seed: 3, sampler: 'ddim' };
+    const plain = await generate(sd, { ...base, prompt: 'a photo of a dog' });
+    const r = run(['--model', join(FIX, 'sd1-tiny'), '--prompt', 'a photo of <my-thing>', '--embedding', `${file}:<my-thing>`, '--steps', '4', '--scheduler', 'ddim', '--seed', '3', '--out', join(dir, 'o'), '--quiet']);
+    assert.equal(r.status, 0, r.stderr);
+    sd.addLearnedToken('<my-thing>', vec, 2);
+    const withTok = await generate(sd, { ...base, prompt: 'a photo of <my-thing>' });
+    const again = await generate(sd, { ...base, prompt: 'a photo of a dog' });
+    assert.deepEqual([...again[0].pixels], [...plain[0].pixels], 'loading an embedding changed an unrelated prompt');
+    assert.notDeepEqual([...withTok[0].pixels], [...plain[0].pixels]);
+    // Two vectors occupy two token positions.
+    const ids = tokenizeWeighted(sd.tokenizer, 'a photo of <my-thing>', { embeddings: new Map([['<my-thing>', 2]]) }).chunks[0].ids;
+    const learned = sd.learned.get('<my-thing>')!.ids;
+    assert.deepEqual(ids.slice(4, 6), learned);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('generate: bad options are clear errors', () => {
+  const m = ['--model', join(FIX, 'sd1-tiny'), '--prompt', 'x'];
+  const cases: Array<[string[], RegExp]> = [
+    [['--width', '63'], /width must be a positive multiple of 2/],
+    [['--scheduler', 'heun'], /unknown scheduler "heun"/],
+    [['--steps', '0'], /steps must be a positive whole number/],
+    [['--steps', 'many'], /--steps needs a number/],
+    [['--embedding', join(FIX, 'embeddings', 'nope.safetensors')], /nope\.safetensors/],
+  ];
+  for (const [extra, re] of cases) {
+    const r = run([...m, ...extra, '--quiet']);
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, re);
+  }
+});
