@@ -6,6 +6,7 @@ const HELP = `oneword — textual inversion for Stable Diffusion, on ONNX Runtim
 Usage: oneword <command> [options]
 
 Commands:
+  train      learn a new word from 3–5 images (textual inversion)
   generate   text-to-image, with learned embeddings (--embedding)
   verify     check oneword's outputs against a diffusers reference file
   shapes     render and analyze images of the bundled "shapes" world
@@ -19,6 +20,7 @@ type Command = (argv: string[]) => Promise<number>;
 const commands: Record<string, () => Promise<Command>> = {
   verify: async () => (await import('./verify.ts')).verifyCommand,
   generate: async () => (await import('./generate.ts')).generateCommand,
+  train: async () => (await import('./train.ts')).trainCommand,
   shapes: async () => (await import('./shapes.ts')).shapesCommand,
 };
 
@@ -36,11 +38,12 @@ export async function main(argv: string[]): Promise<number> {
   try {
     return await (await load())(rest);
   } catch (e) {
-    if (e instanceof UsageError) {
-      process.stderr.write(`oneword ${command}: ${e.message}\nRun "oneword ${command} --help" for usage.\n`);
+    const err = e as Error;
+    // Bad options are usage errors (exit 2); anything else is a failure (exit 1).
+    if (e instanceof UsageError || ['TrainError', 'GenerateError'].includes(err.name)) {
+      process.stderr.write(`oneword ${command}: ${err.message}\nRun "oneword ${command} --help" for usage.\n`);
       return 2;
     }
-    const err = e as Error;
     process.stderr.write(`oneword ${command}: ${err.message}\n`);
     if (process.env.ONEWORD_DEBUG) process.stderr.write(`${err.stack}\n`);
     return 1;

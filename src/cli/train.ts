@@ -1,0 +1,146 @@
+// `oneword train`: learn a new word from a few images (textual inversion).
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { savePng } from '../io/images.ts';
+import { defaultSize, generate } from '../pipelines/generate.ts';
+import { StableDiffusion } from '../pipelines/stable-diffusion.ts';
+import { savedOptions, TextualInversionTrainer, train, TRAIN_DEFAULTS, type TrainOptions } from '../pipelines/textual-inversion.ts';
+import { parseArgs, UsageError, type FlagSpec } from './args.ts';
+import { DEFAULT_MODEL } from './defaults.ts';
+import { Progress, type ProgressMode } from './progress.ts';
+
+export const TRAIN_HELP = `Usage: oneword train --images DIR --token "<name>" --init "word" [options]
+
+Learns one new word (textual inversion): the text encoder, UNet and VAE stay frozen; only
+the token's embedding vector(s) are trained.
+
+Options (defaults as diffusers' textual_inversion.py unless noted):
+  --model PATH          diffusers folder or single-file .safetensors (default: ${DEFAULT_MODEL})
+  --images DIR          3–5 (or more) .jpg/.png/.webp images of the concept
+  --token NAME          the new word, e.g. "<my-cat>" (must not exist in the vocabulary)
+  --init TEXT           a coarse description to start from, e.g. "cat"; a phrase initialises
+                        the vectors token by token, cycling
+  --vectors N           vectors per token (default 1)
+  --what KIND           object | style: which caption templates to use (default object)
+  --resolution N        training size (default: the model's native size, 512 for SD 1.5)
+  --center-crop         crop to a centred square before resizing
+  --flip-p P            probability of a horizontal flip (default 0.5)
+  --steps N             optimiser steps (default 3000)
+  --lr RATE             learning rate (default 5e-4), or an A1111 schedule: "5e-3:100, 1e-3:1000, 1e-5"
+  --scale-lr            multiply the learning rate by batch × grad-accum
+  --lr-schedule KIND    constant | linear | cosine (default constant)
+  --lr-warmup N         warmup steps for the schedule (default 0)
+  --batch N             images per step (default 1)
+  --grad-accum N        gradient accumulation steps (default 1)
+  --max-grad-norm X     clip the gradient's L2 norm (default: no clipping)
+  --seed N              seed for data order, noise and timesteps (default 0)
+  --save-every N        checkpoint every N steps (default 500; 0 = only at the end)
+  --preview-every N     generate the preview prompt every N steps (default 0 = off)
+  --preview-prompt TEXT default "a photo of {token}" (style: "a painting in the style of {token}")
+  --resume DIR          continue a run from DIR/train-state.safetensors (same images; --steps may grow)
+  --out DIR             output folder (default outputs/ti-<name>)
+  --threads N           CPU threads (default: all cores)
+  --progress MODE       bar | json | quiet (default bar);  --quiet = --progress quiet
+
+Writes learned_embeds.safetensors (diffusers) and <name>.safetensors (AUTOMATIC1111 /
+ComfyUI), train-log.jsonl and train-state.safetensors; Ctrl-C saves a checkpoint first.
+`;
+
+const SPEC: Record<string, FlagSpec> = {
+  model: { type: 'string' }, images: { type: 'string' }, token: { type: 'string' }, init: { type: 'string' },
+  vectors: { type: 'number' }, what: { type: 'string' }, resolution: { type: 'number' }, 'center-crop': { type: 'boolean' },
+  'flip-p': { type: 'number' }, steps: { type: 'number' }, lr: { type: 'string' }, 'scale-lr': { type: 'boolean' },
+  'lr-schedule': { type: 'string' }, 'lr-warmup': { type: 'number' }, batch: { type: 'number' }, 'grad-accum': { type: 'number' },
+  'max-grad-norm': { type: 'number' }, seed: { type: 'number' }, 'save-every': { type: 'number' },
+  'preview-every': { type: 'number' }, 'preview-prompt': { type: 'string' }, resume: { type: 'string' }, out: { type: 'string' },
+  threads: { type: 'number' }, progress: { type: 'string' }, quiet: { type: 'boolean', alias: 'q' }, help: { type: 'boolean', alias: 'h' },
+};
+
+export async function trainCommand(argv: string[]): Promise<number> {
+  const { flags: f, positional } = parseArgs(argv, SPEC);
+  if (f.help) {
+    process.stdout.write(TRAIN_HELP);
+    return 0;
+  }
+  if (positional.length) throw new UsageError(`unexpected argument "${positional[0]}"`);
+  const mode = (f.quiet ? 'quiet' : (f.progress as string | undefined) ?? 'bar') as ProgressMode;
+  if (!['bar', 'json', 'quiet'].includes(mode)) throw new UsageError(`--progress must be bar, json or quiet, got "${mode}"`);
+  const resume = f.resume as string | undefined;
+  const saved = resume ? savedOptions(resume) : undefined;
+  const modelPath = (f.model as string | undefined) ?? DEFAULT_MODEL;
+  const sd = StableDiffusion.load(modelPath, { threads: f.threads as number | undefined });
+
+  let opts: TrainOptions;
+  if (saved) {
+    opts = { ...saved, steps: (f.steps as number | undefined) ?? saved.steps, out: (f.out as string | undefined) ?? resume! };
+  } else {
+    for (const k of ['images', 'token', 'init'] as const) if (f[k] === undefined) throw new UsageError(`train needs --${k}`);
+    const token = String(f.token);
+    const lrFlag = f.lr as string | undefined;
+    opts = {
+      ...TRAIN_DEFAULTS,
+      images: String(f.images),
+      token,
+      init: String(f.init),
+      resolution: (f.resolution as number | undefined) ?? defaultSize(sd),
+      out: (f.out as string | undefined) ?? join('outputs', `ti-${token.replace(/^<|>$/g, '').replace(/[^\w.-]+/g, '_')}`),
+      ...pick(f, {
+        vectors: 'vectors', what: 'what', centerCrop: 'center-crop', flipP: 'flip-p', steps: 'steps', scaleLr: 'scale-lr',
+        batch: 'batch', gradAccum: 'grad-accum', lrSchedule: 'lr-schedule', lrWarmup: 'lr-warmup', maxGradNorm: 'max-grad-norm',
+        seed: 'seed', saveEvery: 'save-every',
+      }),
+      ...(lrFlag !== undefined ? { lr: /[:,]/.test(lrFlag) ? lrFlag : Number(lrFlag) } : {}),
+    } as TrainOptions;
+    if (typeof opts.lr === 'number' && !Number.isFinite(opts.lr)) throw new UsageError(`--lr needs a number or an A1111 schedule, got "${lrFlag}"`);
+  }
+
+  const log = (s: string) => mode === 'bar' && process.stderr.write(`${s}\n`);
+  log(`oneword train: ${opts.token} ← "${opts.init}" (${opts.vectors} vector${opts.vectors > 1 ? 's' : ''}), ${opts.steps} steps at ${opts.resolution}px, out ${opts.out}`);
+  const trainer = await TextualInversionTrainer.create(sd, opts);
+  if (resume) {
+    trainer.loadState(resume);
+    log(`resumed at step ${trainer.state.step}`);
+  }
+  const before = await trainer.fixedLoss();
+
+  const previewEvery = (f['preview-every'] as number | undefined) ?? 0;
+  const previewPrompt = ((f['preview-prompt'] as string | undefined) ?? (opts.what === 'style' ? 'a painting in the style of {token}' : 'a photo of {token}')).replaceAll('{token}', opts.token);
+  const previewDir = join(opts.out, 'previews');
+  const preview = async (t: TextualInversionTrainer) => {
+    mkdirSync(previewDir, { recursive: true });
+    const [img] = await generate(sd, { prompt: previewPrompt, steps: 20, seed: opts.seed, width: opts.resolution, height: opts.resolution });
+    const file = join(previewDir, `step-${String(t.state.step).padStart(6, '0')}.png`);
+    savePng(file, img.pixels, img.width, img.height);
+    log(`preview: ${file}`);
+    return [file];
+  };
+
+  const progress = new Progress(mode, 'train', opts.steps);
+  const onSigint = () => {
+    if (trainer.stopping) process.exit(130);
+    log('\nstopping: saving a checkpoint (Ctrl-C again to quit without saving)…');
+    trainer.requestStop();
+  };
+  process.on('SIGINT', onSigint);
+  try {
+    const res = await train(trainer, {
+      onStep: (l, running) => progress.update(l.step, { loss: running, lr: l.lr }),
+      onSave: (step, files) => mode === 'json' ? process.stdout.write(`${JSON.stringify({ event: 'saved', step, files })}\n`) : log(`saved step ${step}: ${files.join(', ')}`),
+      preview: previewEvery > 0 ? { every: previewEvery, run: preview } : undefined,
+    });
+    if (res.stopped) return 130;
+  } finally {
+    process.off('SIGINT', onSigint);
+  }
+  const after = await trainer.fixedLoss();
+  const summary = { event: 'done', steps: trainer.state.step, fixed_loss_before: before, fixed_loss_after: after, out: opts.out };
+  if (mode === 'json') process.stdout.write(`${JSON.stringify(summary)}\n`);
+  else log(`done: loss on a fixed batch ${before.toFixed(5)} → ${after.toFixed(5)}; embeddings in ${opts.out}`);
+  return 0;
+}
+
+function pick(flags: Record<string, unknown>, map: Record<string, string>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, flag] of Object.entries(map)) if (flags[flag] !== undefined) out[k] = flags[flag];
+  return out;
+}
