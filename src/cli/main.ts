@@ -6,6 +6,7 @@ const HELP = `oneword — textual inversion for Stable Diffusion, on ONNX Runtim
 Usage: oneword <command> [options]
 
 Commands:
+  demo       the whole method on the bundled shapes model, with a report (npm start)
   train      learn a new word from 3–5 images (textual inversion)
   generate   text-to-image, with learned embeddings (--embedding)
   verify     check oneword's outputs against a diffusers reference file
@@ -21,6 +22,7 @@ const commands: Record<string, () => Promise<Command>> = {
   verify: async () => (await import('./verify.ts')).verifyCommand,
   generate: async () => (await import('./generate.ts')).generateCommand,
   train: async () => (await import('./train.ts')).trainCommand,
+  demo: async () => (await import('./demo.ts')).demoCommand,
   shapes: async () => (await import('./shapes.ts')).shapesCommand,
 };
 

@@ -1,0 +1,162 @@
+// `oneword demo` (what `npm start` runs): textual inversion end to end on the bundled
+// shapes model — learn a word for a concept words cannot name, then use it in new
+// sentences, and measure reconstruction and editability as the paper does.
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { listImages } from '../io/images.ts';
+import { StableDiffusion } from '../pipelines/stable-diffusion.ts';
+import { TextualInversionTrainer, train, TRAIN_DEFAULTS, type TrainOptions } from '../pipelines/textual-inversion.ts';
+import { conceptNames, DEFAULT_EVAL_PROMPTS, evaluateConcept, fillTemplate, toRgbImage, type Concept, type EvalPrompt, type NamingMethod } from '../pipelines/shapes-eval.ts';
+import { analyze } from '../shapes/analyze.ts';
+import { parseSpec, randomAttributes, type Attrs } from '../shapes/attributes.ts';
+import { readImage, writePng } from '../shapes/png.ts';
+import { Rng } from '../shapes/random.ts';
+import { render } from '../shapes/render.ts';
+import { parseArgs, UsageError } from './args.ts';
+import { DEFAULT_MODEL } from './defaults.ts';
+import { Progress, type ProgressMode } from './progress.ts';
+import { evalTable, renderReport, type ReportData, type ReportImage } from './report.ts';
+
+const ASSETS = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'assets', 'demo');
+
+/** Demo training settings: short enough for a laptop, strong enough for the shapes model. */
+export const DEMO_TRAINING = { steps: 300, lr: 5e-3, batch: 2 };
+
+export const DEMO_HELP = `Usage: oneword demo [options]
+
+Learns the word <my-thing> for a concept with no word in the bundled shapes model (by default
+a dotted orange star: the model can draw dots but has no word for them) from 4 images, then
+generates new sentences with it and writes demo-report/index.html and eval.json.
+
+Options:
+  --concept SPEC   concept to learn, e.g. '{"shape":"heart","color":"blue","texture":"striped"}'
+                   (4 training images are rendered for it)
+  --images DIR     train on these images instead (the concept is read from them by the analyzer
+                   unless --concept is given)
+  --steps N        training steps (default ${DEMO_TRAINING.steps})
+  --count N        images per prompt and naming (default 4)
+  --model PATH     model (default: the bundled shapes model)
+  --seed N         seed (default 0)
+  --out DIR        report folder (default demo-report)
+  --progress MODE  bar | json | quiet (default bar)
+`;
+
+function majority<T>(xs: T[]): T {
+  const counts = new Map<T, number>();
+  for (const x of xs) counts.set(x, (counts.get(x) ?? 0) + 1);
+  return [...counts].sort((a, b) => b[1] - a[1])[0][0];
+}
+
+function rgbOf(img: { width: number; height: number; data: Uint8Array }, caption: string, ok?: boolean): ReportImage {
+  return { rgb: img.data, width: img.width, height: img.height, caption, ok };
+}
+
+export async function demoCommand(argv: string[]): Promise<number> {
+  const { flags } = parseArgs(argv, {
+    concept: { type: 'string' }, images: { type: 'string' }, steps: { type: 'number' }, count: { type: 'number' },
+    model: { type: 'string' }, seed: { type: 'number' }, out: { type: 'string' }, progress: { type: 'string' },
+    quiet: { type: 'boolean', alias: 'q' }, prompts: { type: 'string' }, help: { type: 'boolean', alias: 'h' },
+  });
+  if (flags.help) {
+    process.stdout.write(DEMO_HELP);
+    return 0;
+  }
+  const mode = (flags.quiet ? 'quiet' : (flags.progress as string | undefined) ?? 'bar') as ProgressMode;
+  const out = (flags.out as string | undefined) ?? 'demo-report';
+  const seed = (flags.seed as number | undefined) ?? 0;
+  const say = (s: string) => mode === 'bar' && process.stderr.write(`${s}\n`);
+  const t0 = performance.now();
+  mkdirSync(out, { recursive: true });
+
+  // The concept and its training images.
+  let spec: Partial<Attrs> | undefined;
+  if (flags.concept) {
+    try {
+      spec = parseSpec(JSON.parse(String(flags.concept)));
+    } catch (e) {
+      throw new UsageError(`--concept: ${(e as Error).message}`);
+    }
+    for (const k of ['shape', 'color', 'texture'] as const) if (!spec[k]) throw new UsageError(`--concept must name a shape, color and texture (missing "${k}")`);
+  }
+  let imagesDir = flags.images as string | undefined;
+  if (!imagesDir) {
+    if (spec) {
+      imagesDir = join(out, 'images');
+      mkdirSync(imagesDir, { recursive: true });
+      const rng = new Rng(`demo-${seed}`);
+      for (let i = 0; i < 4; i++) await writePng(render(randomAttributes(rng, { shape: spec.shape, color: spec.color, texture: spec.texture }), rng), join(imagesDir, `${i}.png`));
+    } else {
+      imagesDir = join(ASSETS, 'dotted-orange-star');
+      spec = JSON.parse(readFileSync(join(imagesDir, 'concept.json'), 'utf8')) as Partial<Attrs>;
+    }
+  }
+  const trainingImages = await Promise.all(listImages(imagesDir).map((p) => readImage(p)));
+  if (!spec) {
+    const seen = trainingImages.map((im) => analyze(im).attrs);
+    spec = { shape: majority(seen.map((a) => a.shape)), color: majority(seen.map((a) => a.color)), texture: majority(seen.map((a) => a.texture)) };
+    say(`concept read from the images: ${JSON.stringify(spec)}`);
+  }
+  const concept = { shape: spec.shape!, color: spec.color!, texture: spec.texture! } as Concept;
+  const token = '<my-thing>';
+
+  // Train.
+  const sd = StableDiffusion.load((flags.model as string | undefined) ?? DEFAULT_MODEL);
+  const opts: TrainOptions = {
+    ...TRAIN_DEFAULTS,
+    ...DEMO_TRAINING,
+    steps: (flags.steps as number | undefined) ?? DEMO_TRAINING.steps,
+    images: imagesDir,
+    token,
+    init: concept.shape,
+    resolution: (sd.ckpt.unetConfig.sample_size ?? 32) * sd.vaeFactor,
+    seed,
+    saveEvery: 0,
+    out: join(out, 'embedding'),
+  };
+  say(`learning ${token} (init "${concept.shape}") for ${JSON.stringify(concept)} from ${trainingImages.length} images`);
+  const trainer = await TextualInversionTrainer.create(sd, opts);
+  const progress = new Progress(mode, 'train', opts.steps);
+  const losses: number[] = [];
+  await train(trainer, { onStep: (l, running) => { losses.push(l.loss); progress.update(l.step, { loss: running }); } });
+
+  // Evaluate the three namings on new sentences.
+  const prompts: EvalPrompt[] = flags.prompts ? (JSON.parse(readFileSync(String(flags.prompts), 'utf8')) as EvalPrompt[]) : DEFAULT_EVAL_PROMPTS;
+  const count = (flags.count as number | undefined) ?? 4;
+  const names = conceptNames(concept, token);
+  const grid: ReportData['grid'] = prompts.map((p) => ({
+    template: p.template,
+    prompts: { learned: fillTemplate(p.template, names.learned), init_word: fillTemplate(p.template, names.init_word), description: fillTemplate(p.template, names.description) },
+    images: { learned: [], init_word: [], description: [] },
+  }));
+  const genProgress = new Progress(mode, 'generate', prompts.length * count * 3);
+  let made = 0;
+  const scores = await evaluateConcept(sd, concept, token, {
+    prompts, count, seed: 1000 + seed,
+    onImage: (method: NamingMethod, prompt, image, v) => {
+      const row = grid.find((g) => g.prompts[method] === prompt)!;
+      const a = v.attrs;
+      row.images[method].push(rgbOf(toRgbImage(image), `${a.color} ${a.texture} ${a.shape}, ${a.size}, ${a.position}, ${a.background}`, v.reconstructs));
+      genProgress.update(++made);
+    },
+  });
+  const seconds = (performance.now() - t0) / 1000;
+  const report: ReportData = {
+    title: `oneword demo: ${token} = ${concept.texture} ${concept.color} ${concept.shape}`,
+    concept, token, losses, scores, steps: opts.steps, seconds,
+    training: trainingImages.map((im, i) => rgbOf(im, `training image ${i + 1}`)),
+    grid,
+  };
+  const html = join(out, 'index.html');
+  writeFileSync(html, renderReport(report));
+  const evalJson = { concept, learned: pick(scores.learned), init_word: pick(scores.init_word), description: pick(scores.description), steps: opts.steps, seconds: Number(seconds.toFixed(1)) };
+  writeFileSync(join(out, 'eval.json'), `${JSON.stringify(evalJson, null, 2)}\n`);
+  if (mode === 'json') process.stdout.write(`${JSON.stringify({ event: 'done', report: html, ...evalJson })}\n`);
+  else if (mode === 'bar') process.stdout.write(`\n${evalTable(scores)}\n\nreport: ${html}\n`);
+  return 0;
+}
+
+function pick(s: { reconstruction: number; editability: number; obeys: number; images: number }) {
+  const r = (v: number) => Number(v.toFixed(3));
+  return { reconstruction: r(s.reconstruction), editability: r(s.editability), obeys: r(s.obeys), images: s.images };
+}
