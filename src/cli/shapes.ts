@@ -15,6 +15,7 @@ const HELP = `oneword shapes — the procedural shapes world (${IMAGE_SIZE}×${I
 Usage:
   oneword shapes render [--spec JSON] [--count N] [--seed S] --out DIR
   oneword shapes analyze [--jsonl] IMG...
+  oneword shapes eval --embedding FILE --concept SPEC [--model M] [--prompts FILE]
 
 Commands:
   render    render N images of a concept; attributes not in --spec are random.
@@ -23,6 +24,8 @@ Commands:
   analyze   read images back into attributes; prints a JSON array (or JSON lines with
             --jsonl) with attributes, per-attribute confidence (0–1) and a caption.
             Images of another size are resized to ${IMAGE_SIZE}×${IMAGE_SIZE} first.
+  eval      reconstruction and editability of a learned embedding for a concept, against
+            the init word and the best description (see "oneword shapes eval --help").
 
 Options (render):
   --spec JSON   fixed attributes, e.g. '{"shape":"star","color":"orange","texture":"dotted"}'
@@ -169,7 +172,8 @@ export async function shapesCommand(argv: string[], io: Io = PROCESS_IO): Promis
     }
     if (sub === 'render') return await renderCommand(rest, io);
     if (sub === 'analyze') return await analyzeCommand(rest, io);
-    throw new UsageError(`unknown subcommand "${sub}" (expected render or analyze)`);
+    if (sub === 'eval') return await (await import('./shapes-eval.ts')).shapesEvalCommand(rest);
+    throw new UsageError(`unknown subcommand "${sub}" (expected render, analyze or eval)`);
   } catch (e) {
     if (e instanceof UsageError) {
       io.err(`oneword shapes: ${e.message}\nRun "oneword shapes --help" for usage.\n`);

@@ -19,7 +19,7 @@ import { loadTorchArchive, PyDict, PyObject, TorchTensor, describe, type PyValue
 export type EmbeddingFormat = 'diffusers' | 'diffusers-1d' | 'a1111-safetensors' | 'a1111-pt' | 'diffusers-bin';
 
 export interface Embedding {
-  /** The word to write in prompts: opts.token, else the file name without extension. */
+  /** The word to write in prompts: opts.token, else the token stored in a diffusers file, else the file name without extension. */
   token: string;
   /** Row-major [count, dim] float32. */
   vectors: Float32Array;
@@ -197,7 +197,9 @@ export function loadEmbedding(path: string, opts: { token?: string } = {}): Embe
     default:
       throw new EmbeddingError(path, 'is not a safetensors file or a PyTorch archive');
   }
-  const token = opts.token ?? defaultTokenName(path);
+  // diffusers files name their token inside (load_textual_inversion uses that key);
+  // A1111/kohya files are named by their file name, as A1111 and ComfyUI do.
+  const token = opts.token ?? ((e.format === 'diffusers' || e.format === 'diffusers-bin' || e.format === 'diffusers-1d') && e.sourceName ? e.sourceName : defaultTokenName(path));
   if (!token.trim()) throw new EmbeddingError(path, 'embedding token must not be empty');
   return { token, ...e };
 }

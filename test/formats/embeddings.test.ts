@@ -21,7 +21,7 @@ function check(e: Embedding, want: Partial<Embedding>, values: number[]) {
 
 test('diffusers learned_embeds.safetensors {token: [N, D]}', () => {
   const e = loadEmbedding(FIX + 'learned_embeds.safetensors');
-  check(e, { format: 'diffusers', token: 'learned_embeds', sourceName: '<cat-toy>', count: 2, dim: 16 }, ramp(32));
+  check(e, { format: 'diffusers', token: '<cat-toy>', sourceName: '<cat-toy>', count: 2, dim: 16 }, ramp(32));
   assert.equal(e.info.format, 'pt');
 });
 
@@ -32,7 +32,7 @@ test('older diffusers 1-D [D] embeddings, safetensors and .bin', () => {
 });
 
 test('diffusers learned_embeds.bin: a [N, D] view at an offset into the whole embedding matrix', () => {
-  check(loadEmbedding(FIX + 'learned_embeds.bin'), { format: 'diffusers-bin', token: 'learned_embeds', sourceName: '<cat-toy>', count: 2, dim: 16 }, ramp(32));
+  check(loadEmbedding(FIX + 'learned_embeds.bin'), { format: 'diffusers-bin', token: '<cat-toy>', sourceName: '<cat-toy>', count: 2, dim: 16 }, ramp(32));
 });
 
 test('AUTOMATIC1111 .pt: string_to_param, name and training info', () => {
