@@ -2,6 +2,8 @@
 // model folder's file is read as-is) and the `from_config` rules that turn a model's
 // config into the settings of a possibly different scheduler class.
 
+import { defaultSchedulerConfig as checkpointSchedulerDefaults } from '../io/checkpoint.ts';
+
 /** A scheduler_config.json as parsed (diffusers writes Python floats, e.g. -Infinity). */
 export type RawSchedulerConfig = Record<string, unknown>;
 
@@ -114,19 +116,7 @@ export function checkOneOf<T extends string>(className: string, key: string, val
  * class keeps its own default, exactly as with a model folder.
  */
 export function defaultSchedulerConfig(family: 'sd1' | 'sd2', predictionType?: PredictionType): RawSchedulerConfig {
-  const common = {
-    beta_end: 0.012,
-    beta_schedule: 'scaled_linear',
-    beta_start: 0.00085,
-    clip_sample: false,
-    num_train_timesteps: 1000,
-    set_alpha_to_one: false,
-    skip_prk_steps: true,
-    steps_offset: 1,
-    trained_betas: null,
-  };
-  if (family === 'sd1') {
-    return { _class_name: 'PNDMScheduler', ...common, prediction_type: predictionType ?? 'epsilon' };
-  }
-  return { _class_name: 'DDIMScheduler', ...common, prediction_type: predictionType ?? 'v_prediction' };
+  // One source of truth: the checkpoint loader's defaults for single-file models.
+  if (predictionType === 'sample') throw new SchedulerConfigError('single-file defaults exist for epsilon and v_prediction only');
+  return checkpointSchedulerDefaults(family, predictionType ?? (family === 'sd1' ? 'epsilon' : 'v_prediction'));
 }
