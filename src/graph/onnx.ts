@@ -106,6 +106,9 @@ function tensorProto(name: string, dtype: DType, shape: readonly number[], data:
 function attrInt(name: string, i: number): AttributeProto {
   return create(AttributeProtoSchema, { name, type: AttributeProto_AttributeType.INT, i: BigInt(i) });
 }
+function attrFloat(name: string, f: number): AttributeProto {
+  return create(AttributeProtoSchema, { name, type: AttributeProto_AttributeType.FLOAT, f });
+}
 function attrInts(name: string, ints: readonly number[]): AttributeProto {
   return create(AttributeProtoSchema, { name, type: AttributeProto_AttributeType.INTS, ints: ints.map((v) => BigInt(v)) });
 }
@@ -120,8 +123,24 @@ const SIMPLE: Record<string, string> = {
   add: 'Add', sub: 'Sub', mul: 'Mul', div: 'Div', pow: 'Pow', max: 'Max',
   equal: 'Equal', less: 'Less', greater: 'Greater',
   neg: 'Neg', exp: 'Exp', log: 'Log', sqrt: 'Sqrt', tanh: 'Tanh', sigmoid: 'Sigmoid', erf: 'Erf', sin: 'Sin', cos: 'Cos',
-  where: 'Where', matmul: 'MatMul', gather: 'Gather',
+  where: 'Where', gather: 'Gather',
 };
+
+/** Microsoft's contrib domain (FusedMatMul, MultiHeadAttention), part of every ORT build. */
+const MS = 'com.microsoft';
+
+/** x·W or x·Wᵀ with a 2-D right operand: lowered as one Gemm (with its bias add when it has one). */
+function linearGemm(t: Tensor): boolean {
+  return t.op === 'matmul' && !t.attrs.transA && t.inputs[1].rank === 2 && t.inputs[0].rank >= 2 && t.dtype === 'float32';
+}
+
+/** Where MultiHeadAttention measured slower than the plain-op lowering. */
+function attentionViaOps(lq: number, lk: number, headSize: number): boolean {
+  void lq;
+  void lk;
+  void headSize;
+  return process.env.ONEWORD_ATTN_OPS === '1';
+}
 
 /** Serialises the sub-graph that computes `outputs` (name → tensor). */
 export function exportOnnx(outputs: Record<string, Tensor>, opts: ExportOptions = {}): ExportedModel {
@@ -149,6 +168,28 @@ export function exportOnnx(outputs: Record<string, Tensor>, opts: ExportOptions 
     live[t.id] = 1;
     stack.push(...t.inputs);
   }
+  // Consumers per tensor (outputs count as one), for lowerings that fuse a node into its user.
+  const uses = new Uint32Array(graph.tensors.length);
+  for (const t of graph.tensors) if (live[t.id]) for (const x of t.inputs) uses[x.id]++;
+  for (const [, t] of outs) uses[t.id]++;
+  /** Initializer-backed: constant folding may transform it once at session creation. */
+  const isInit = (t: Tensor) => t.op === 'const' || (t.op === 'weight' && mode !== 'feed' && (mode === 'inline' || weightIsExternal(t)));
+  const weightIsExternal = (t: Tensor) => {
+    const d = t.attrs.data as WeightData;
+    return d.kind === 'file' && !!externalRoot && t.dtype === 'float32';
+  };
+  // matmul nodes lowered together with their bias add as one Gemm: matmul id → add id.
+  const gemmBias = new Map<number, number>();
+  for (const t of graph.tensors) {
+    if (!live[t.id] || t.op !== 'add') continue;
+    for (const [mm, bias] of [[t.inputs[0], t.inputs[1]], [t.inputs[1], t.inputs[0]]]) {
+      if (linearGemm(mm) && uses[mm.id] === 1 && !gemmBias.has(mm.id) && bias.rank === 1 && bias.shape[0] === mm.shape[mm.rank - 1]) {
+        gemmBias.set(mm.id, t.id);
+        break;
+      }
+    }
+  }
+  const gemmOut = new Map<number, { x2: string; w: string; bias: Tensor; transB: boolean; rows: number; n: number }>();
   const nodes: NodeProto[] = [];
   const inits: TensorProto[] = [];
   const inputs: ValueInfoProto[] = [];
@@ -159,13 +200,67 @@ export function exportOnnx(outputs: Record<string, Tensor>, opts: ExportOptions 
   const directOut = new Map<number, string>();
   for (const [oname, t] of outs) if (t.op !== 'input' && t.op !== 'weight' && t.op !== 'const' && !directOut.has(t.id)) directOut.set(t.id, oname);
   let aux = 0;
+  let inlineBytes = 0;
   const constI64 = (vals: readonly number[]): string => {
     const name = `k${aux++}`;
     inits.push(tensorProto(name, 'int64', [vals.length], BigInt64Array.from(vals, (v) => BigInt(v))));
     return name;
   };
-  const emit = (opType: string, ins: string[], out: string, attrs: AttributeProto[] = []) => {
-    nodes.push(create(NodeProtoSchema, { opType, input: ins, output: [out], name: `${opType}_${nodes.length}`, attribute: attrs }));
+  let usesMs = false;
+  const emit = (opType: string, ins: string[], out: string, attrs: AttributeProto[] = [], domain = '') => {
+    if (domain === MS) usesMs = true;
+    nodes.push(create(NodeProtoSchema, { opType, input: ins, output: [out], name: `${opType}_${nodes.length}`, attribute: attrs, domain }));
+  };
+  const tmp = () => `x${aux++}`;
+  const constF = (vals: readonly number[], dtype: DType, shape: readonly number[] = [vals.length]): string => {
+    const name = `c${aux++}`;
+    inits.push(tensorProto(name, dtype, shape, dtype === 'float64' ? Float64Array.from(vals) : Float32Array.from(vals)));
+    return name;
+  };
+  const reshapeTo = (x: string, shape: readonly number[]): string => {
+    const out = tmp();
+    emit('Reshape', [x, constI64(shape)], out);
+    return out;
+  };
+
+  /**
+   * Multi-head attention: ORT's MultiHeadAttention kernel (packed heads in, packed heads
+   * out: no transposes, no materialised scores for long sequences) where it applies;
+   * otherwise split heads + MatMul + Softmax + MatMul.
+   */
+  const lowerAttention = (t: Tensor, ins: string[], name: string) => {
+    const { heads, scale, causal } = t.attrs as { heads: number; scale: number; causal: boolean };
+    const [q, k, v] = t.inputs;
+    const [bsz, lq, dq] = q.shape;
+    const lk = k.shape[1];
+    const dv = v.shape[2];
+    if (t.dtype === 'float32' && dv === dq && !attentionViaOps(lq, lk, dq / heads)) {
+      const attrs = [attrInt('num_heads', heads), attrFloat('scale', scale)];
+      if (causal) attrs.push(attrInt('unidirectional', 1));
+      emit('MultiHeadAttention', ins, name, attrs, MS);
+      return;
+    }
+    const split = (x: string, l: number, f: number, perm: number[]) => {
+      const out = tmp();
+      emit('Transpose', [reshapeTo(x, [bsz, l, heads, f / heads])], out, [attrInts('perm', perm)]);
+      return out;
+    };
+    const scores = tmp();
+    emit('FusedMatMul', [split(ins[0], lq, dq, [0, 2, 1, 3]), split(ins[1], lk, dq, [0, 2, 3, 1])], scores, [attrFloat('alpha', scale)], MS);
+    let masked = scores;
+    if (causal) {
+      const mask = new Array<number>(lq * lk);
+      for (let i = 0; i < lq; i++) for (let j = 0; j < lk; j++) mask[i * lk + j] = j > i ? -1e9 : 0;
+      masked = tmp();
+      emit('Add', [scores, constF(mask, t.dtype, [lq, lk])], masked);
+    }
+    const probs = tmp();
+    emit('Softmax', [masked], probs, [attrInt('axis', -1)]);
+    const ctx = tmp();
+    emit('MatMul', [probs, split(ins[2], lk, dv, [0, 2, 1, 3])], ctx);
+    const merged = tmp();
+    emit('Transpose', [ctx], merged, [attrInts('perm', [0, 2, 1, 3])]);
+    emit('Reshape', [merged, constI64(t.shape)], name);
   };
 
   for (const t of graph.tensors) {
@@ -201,7 +296,13 @@ export function exportOnnx(outputs: Record<string, Tensor>, opts: ExportOptions 
             }),
           );
         } else if (mode === 'inline') {
-          inits.push(tensorProto(name, t.dtype, t.shape, d.kind === 'memory' ? d.data : d.read()));
+          const data = d.kind === 'memory' ? d.data : d.read();
+          inlineBytes += data.byteLength;
+          // protobuf caps a message at 2 GiB: big weight sets must be fed or external.
+          if (inlineBytes > 1.8 * 2 ** 30) {
+            throw new GraphError(`exportOnnx: more than 1.8 GiB of inline weights; compile with weights: 'feed' or 'external' for models this large`);
+          }
+          inits.push(tensorProto(name, t.dtype, t.shape, data));
         } else {
           inputs.push(valueInfo(name, t.dtype, t.shape));
           weightFeeds.set(name, { dtype: t.dtype, shape: t.shape, data: () => (d.kind === 'memory' ? d.data : d.read()) });
@@ -210,6 +311,59 @@ export function exportOnnx(outputs: Record<string, Tensor>, opts: ExportOptions 
       }
       case 'const':
         inits.push(tensorProto(name, t.dtype, t.shape, a.values as HostArray));
+        break;
+      case 'matmul': {
+        const { transA, transB } = a as { transA: boolean; transB: boolean };
+        const bias = gemmBias.get(t.id);
+        if (bias !== undefined) {
+          // x·Wᵀ + b with a 2-D weight: one Gemm over the flattened rows, bias included (the
+          // add node below just names the result). W stays as stored: nothing is transposed.
+          const x = t.inputs[0];
+          const addNode = graph.tensors[bias];
+          const biasIn = addNode.inputs[0] === t ? addNode.inputs[1] : addNode.inputs[0];
+          const rows = x.size / x.shape[x.rank - 1];
+          const n = t.shape[t.rank - 1];
+          const x2 = x.rank === 2 ? ins[0] : reshapeTo(ins[0], [rows, x.shape[x.rank - 1]]);
+          gemmOut.set(bias, { x2, w: ins[1], bias: biasIn, transB, rows, n });
+          break;
+        }
+        if (transA || transB) {
+          emit('FusedMatMul', ins, name, [attrInt('transA', transA ? 1 : 0), attrInt('transB', transB ? 1 : 0), attrFloat('alpha', 1)], MS);
+        } else emit('MatMul', ins, name);
+        break;
+      }
+      case 'add': {
+        const g = gemmOut.get(t.id);
+        if (!g) {
+          emit('Add', ins, name);
+          break;
+        }
+        const out = t.rank === 2 ? name : tmp();
+        emit('Gemm', [g.x2, g.w, nameOf.get(g.bias.id)!], out, [attrInt('transB', g.transB ? 1 : 0)]);
+        if (t.rank !== 2) emit('Reshape', [out, constI64(t.shape)], name);
+        break;
+      }
+      case 'softmax':
+        emit('Softmax', ins, name, [attrInt('axis', a.axis)]);
+        break;
+      case 'layerNorm':
+        emit('LayerNormalization', ins, name, [attrInt('axis', -1), attrFloat('epsilon', a.eps)]);
+        break;
+      case 'groupNorm': {
+        // Reshape to [N, G, rest] + InstanceNormalization + per-channel affine: measured
+        // fastest (opset-21 GroupNormalization is expanded into ~29 small ops by ORT).
+        const [n, c] = t.shape;
+        const groups = a.groups as number;
+        const normed = tmp();
+        emit('InstanceNormalization', [reshapeTo(ins[0], [n, groups, -1]), constF(new Array(groups).fill(1), t.dtype), constF(new Array(groups).fill(0), t.dtype)], normed, [attrFloat('epsilon', a.eps)]);
+        const affine = [c, ...t.shape.slice(2).map(() => 1)];
+        const scaled = tmp();
+        emit('Mul', [reshapeTo(normed, t.shape), reshapeTo(ins[1], affine)], scaled);
+        emit('Add', [scaled, reshapeTo(ins[2], affine)], name);
+        break;
+      }
+      case 'mha':
+        lowerAttention(t, ins, name);
         break;
       case 'cast':
         emit('Cast', ins, name, [attrInt('to', ELEM[t.dtype])]);
@@ -224,6 +378,28 @@ export function exportOnnx(outputs: Record<string, Tensor>, opts: ExportOptions 
           attrInts('dilations', [a.dilation, a.dilation]),
           attrInt('group', a.groups),
         ];
+        if (t.op === 'convT' && a.stride === 1 && a.groups === 1 && isInit(t.inputs[1])) {
+          // Stride 1: the transposed convolution is a plain Conv with the kernel transposed
+          // and flipped (folded once at session creation), ~1.3–1.5× faster than ORT's
+          // ConvTranspose, padded by dilation·(k−1) − pad (plus output_padding at the end).
+          const [kh, kw] = [w[2], w[3]];
+          const ph = a.dilation * (kh - 1) - a.pad, pw = a.dilation * (kw - 1) - a.pad;
+          if (ph >= 0 && pw >= 0) {
+            const wt = tmp();
+            emit('Transpose', [ins[1]], wt, [attrInts('perm', [1, 0, 2, 3])]);
+            const flipped = tmp();
+            const far = -(2n ** 63n) + 1n;
+            const ends = `e${aux++}`;
+            inits.push(tensorProto(ends, 'int64', [2], BigInt64Array.from([far, far])));
+            emit('Slice', [wt, constI64([-1, -1]), ends, constI64([2, 3]), constI64([-1, -1])], flipped);
+            emit('Conv', [ins[0], flipped], name, [
+              attrInts('kernel_shape', [kh, kw]),
+              attrInts('pads', [ph, pw, ph + a.outputPadding[0], pw + a.outputPadding[1]]),
+              attrInts('dilations', [a.dilation, a.dilation]),
+            ]);
+            break;
+          }
+        }
         if (t.op === 'convT') attrs.push(attrInts('output_padding', a.outputPadding));
         emit(t.op === 'conv' ? 'Conv' : 'ConvTranspose', ins, name, attrs);
         break;
@@ -286,7 +462,10 @@ export function exportOnnx(outputs: Record<string, Tensor>, opts: ExportOptions 
   const model = create(ModelProtoSchema, {
     irVersion: 9n,
     producerName: 'oneword',
-    opsetImport: [create(OperatorSetIdProtoSchema, { domain: '', version: BigInt(OPSET) })],
+    opsetImport: [
+      create(OperatorSetIdProtoSchema, { domain: '', version: BigInt(OPSET) }),
+      ...(usesMs ? [create(OperatorSetIdProtoSchema, { domain: MS, version: 1n })] : []),
+    ],
     graph: create(GraphProtoSchema, { name: 'oneword', node: nodes, initializer: inits, input: inputs, output: outputInfos }),
   });
   const bytes = toBinary(ModelProtoSchema, model);
