@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { listImages } from '../io/images.ts';
 import { StableDiffusion } from '../pipelines/stable-diffusion.ts';
 import { TextualInversionTrainer, train, TRAIN_DEFAULTS, type TrainOptions } from '../pipelines/textual-inversion.ts';
-import { conceptNames, DEFAULT_EVAL_PROMPTS, evaluateConcept, fillTemplate, toRgbImage, type Concept, type EvalPrompt, type NamingMethod } from '../pipelines/shapes-eval.ts';
+import { conceptNames, DEFAULT_EVAL_PROMPTS, evaluateConcept, fillTemplate, toRgbImage, type Concept, type EvalPrompt, type MethodScore, type NamingMethod } from '../pipelines/shapes-eval.ts';
 import { analyze } from '../shapes/analyze.ts';
 import { parseSpec, randomAttributes, type Attrs } from '../shapes/attributes.ts';
 import { readImage, writePng } from '../shapes/png.ts';
@@ -52,34 +52,35 @@ function rgbOf(img: { width: number; height: number; data: Uint8Array }, caption
   return { rgb: img.data, width: img.width, height: img.height, caption, ok };
 }
 
-export async function demoCommand(argv: string[]): Promise<number> {
-  const { flags } = parseArgs(argv, {
-    concept: { type: 'string' }, images: { type: 'string' }, steps: { type: 'number' }, count: { type: 'number' },
-    model: { type: 'string' }, seed: { type: 'number' }, out: { type: 'string' }, progress: { type: 'string' },
-    quiet: { type: 'boolean', alias: 'q' }, prompts: { type: 'string' }, help: { type: 'boolean', alias: 'h' },
-  });
-  if (flags.help) {
-    process.stdout.write(DEMO_HELP);
-    return 0;
-  }
-  const mode = (flags.quiet ? 'quiet' : (flags.progress as string | undefined) ?? 'bar') as ProgressMode;
-  const out = (flags.out as string | undefined) ?? 'demo-report';
-  const seed = (flags.seed as number | undefined) ?? 0;
+export interface DemoOptions {
+  concept?: Partial<Attrs>;
+  images?: string;
+  steps?: number;
+  count?: number;
+  model?: string;
+  seed?: number;
+  out: string;
+  prompts?: EvalPrompt[];
+  mode: ProgressMode;
+}
+
+export interface DemoResult {
+  html: string;
+  eval: { concept: Concept; learned: Score; init_word: Score; description: Score; steps: number; seconds: number };
+  scores: Record<NamingMethod, MethodScore>;
+}
+
+/** Learns <my-thing> for a concept, evaluates the three namings, writes index.html and eval.json. */
+export async function runDemo(o: DemoOptions): Promise<DemoResult> {
+  const { out, mode } = o;
+  const seed = o.seed ?? 0;
   const say = (s: string) => mode === 'bar' && process.stderr.write(`${s}\n`);
   const t0 = performance.now();
   mkdirSync(out, { recursive: true });
 
   // The concept and its training images.
-  let spec: Partial<Attrs> | undefined;
-  if (flags.concept) {
-    try {
-      spec = parseSpec(JSON.parse(String(flags.concept)));
-    } catch (e) {
-      throw new UsageError(`--concept: ${(e as Error).message}`);
-    }
-    for (const k of ['shape', 'color', 'texture'] as const) if (!spec[k]) throw new UsageError(`--concept must name a shape, color and texture (missing "${k}")`);
-  }
-  let imagesDir = flags.images as string | undefined;
+  let spec = o.concept;
+  let imagesDir = o.images;
   if (!imagesDir) {
     if (spec) {
       imagesDir = join(out, 'images');
@@ -101,11 +102,11 @@ export async function demoCommand(argv: string[]): Promise<number> {
   const token = '<my-thing>';
 
   // Train.
-  const sd = StableDiffusion.load((flags.model as string | undefined) ?? DEFAULT_MODEL);
+  const sd = StableDiffusion.load(o.model ?? DEFAULT_MODEL);
   const opts: TrainOptions = {
     ...TRAIN_DEFAULTS,
     ...DEMO_TRAINING,
-    steps: (flags.steps as number | undefined) ?? DEMO_TRAINING.steps,
+    steps: o.steps ?? DEMO_TRAINING.steps,
     images: imagesDir,
     token,
     init: concept.shape,
@@ -121,8 +122,8 @@ export async function demoCommand(argv: string[]): Promise<number> {
   await train(trainer, { onStep: (l, running) => { losses.push(l.loss); progress.update(l.step, { loss: running }); } });
 
   // Evaluate the three namings on new sentences.
-  const prompts: EvalPrompt[] = flags.prompts ? (JSON.parse(readFileSync(String(flags.prompts), 'utf8')) as EvalPrompt[]) : DEFAULT_EVAL_PROMPTS;
-  const count = (flags.count as number | undefined) ?? 4;
+  const prompts = o.prompts ?? DEFAULT_EVAL_PROMPTS;
+  const count = o.count ?? 4;
   const names = conceptNames(concept, token);
   const grid: ReportData['grid'] = prompts.map((p) => ({
     template: p.template,
@@ -151,10 +152,46 @@ export async function demoCommand(argv: string[]): Promise<number> {
   writeFileSync(html, renderReport(report));
   const evalJson = { concept, learned: pick(scores.learned), init_word: pick(scores.init_word), description: pick(scores.description), steps: opts.steps, seconds: Number(seconds.toFixed(1)) };
   writeFileSync(join(out, 'eval.json'), `${JSON.stringify(evalJson, null, 2)}\n`);
-  if (mode === 'json') process.stdout.write(`${JSON.stringify({ event: 'done', report: html, ...evalJson })}\n`);
-  else if (mode === 'bar') process.stdout.write(`\n${evalTable(scores)}\n\nreport: ${html}\n`);
+  return { html, eval: evalJson, scores };
+}
+
+export async function demoCommand(argv: string[]): Promise<number> {
+  const { flags } = parseArgs(argv, {
+    concept: { type: 'string' }, images: { type: 'string' }, steps: { type: 'number' }, count: { type: 'number' },
+    model: { type: 'string' }, seed: { type: 'number' }, out: { type: 'string' }, progress: { type: 'string' },
+    quiet: { type: 'boolean', alias: 'q' }, prompts: { type: 'string' }, help: { type: 'boolean', alias: 'h' },
+  });
+  if (flags.help) {
+    process.stdout.write(DEMO_HELP);
+    return 0;
+  }
+  const mode = (flags.quiet ? 'quiet' : (flags.progress as string | undefined) ?? 'bar') as ProgressMode;
+  if (!['bar', 'json', 'quiet'].includes(mode)) throw new UsageError(`--progress must be bar, json or quiet, got "${mode}"`);
+  let concept: Partial<Attrs> | undefined;
+  if (flags.concept) {
+    try {
+      concept = parseSpec(JSON.parse(String(flags.concept)));
+    } catch (e) {
+      throw new UsageError(`--concept: ${(e as Error).message}`);
+    }
+    for (const k of ['shape', 'color', 'texture'] as const) if (!concept[k]) throw new UsageError(`--concept must name a shape, color and texture (missing "${k}")`);
+  }
+  const r = await runDemo({
+    concept, mode,
+    images: flags.images as string | undefined,
+    steps: flags.steps as number | undefined,
+    count: flags.count as number | undefined,
+    model: flags.model as string | undefined,
+    seed: flags.seed as number | undefined,
+    out: (flags.out as string | undefined) ?? 'demo-report',
+    prompts: flags.prompts ? (JSON.parse(readFileSync(String(flags.prompts), 'utf8')) as EvalPrompt[]) : undefined,
+  });
+  if (mode === 'json') process.stdout.write(`${JSON.stringify({ event: 'done', report: r.html, ...r.eval })}\n`);
+  else if (mode === 'bar') process.stdout.write(`\n${evalTable(r.scores)}\n\nreport: ${r.html}\n`);
   return 0;
 }
+
+type Score = ReturnType<typeof pick>;
 
 function pick(s: { reconstruction: number; editability: number; obeys: number; images: number }) {
   const r = (v: number) => Number(v.toFixed(3));
