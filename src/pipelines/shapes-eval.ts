@@ -19,11 +19,11 @@ export interface EvalPrompt {
 }
 
 export const DEFAULT_EVAL_PROMPTS: EvalPrompt[] = [
-  { template: 'a photo of {}', constraints: {} },
-  { template: '{} at the bottom right', constraints: { position: 'bottom-right' } },
+  { template: 'a photo of a {}', constraints: {} },
+  { template: 'a {} at the bottom right', constraints: { position: 'bottom-right' } },
   { template: 'a large {} on a black background', constraints: { size: 'large', background: 'black' } },
   { template: 'a small {} at the top left', constraints: { size: 'small', position: 'top-left' } },
-  { template: '{} in the center on a gray background', constraints: { position: 'center', background: 'gray' } },
+  { template: 'a {} in the center on a gray background', constraints: { position: 'center', background: 'gray' } },
   { template: 'a large {} at the top right on a beige background', constraints: { size: 'large', position: 'top-right', background: 'beige' } },
 ];
 
