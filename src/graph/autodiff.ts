@@ -15,13 +15,6 @@ export function unbroadcast(g: Tensor, shape: readonly number[]): Tensor {
   return o.reshape(summed, shape);
 }
 
-function swapLast(x: Tensor): Tensor {
-  const perm = x.shape.map((_, i) => i);
-  perm[x.rank - 1] = x.rank - 2;
-  perm[x.rank - 2] = x.rank - 1;
-  return o.transpose(x, perm);
-}
-
 function keepDimsShape(x: Tensor, axes: readonly number[]): number[] {
   return x.shape.map((d, i) => (axes.includes(i) ? 1 : d));
 }
@@ -44,7 +37,7 @@ function resizeGrad(x: Tensor, g: Tensor): Tensor {
   const mh = oneHot(h2, h); // [h2, h]
   const mw = oneHot(w2, w); // [w2, w]
   const alongW = o.matmul(g, mw); // [n, c, h2, w]
-  return o.matmul(swapLast(mh), alongW); // [h, h2] @ [n, c, h2, w]
+  return o.matmul(mh, alongW, { transA: true }); // [h, h2] @ [n, c, h2, w]
 }
 
 function convWeightGrad(x: Tensor, g: Tensor, w: Tensor, a: { stride: number; pad: number; groups: number; dilation: number }): Tensor {
@@ -63,6 +56,91 @@ function convWeightGrad(x: Tensor, g: Tensor, w: Tensor, a: { stride: number; pa
     parts.push(o.transpose(dw, [1, 0, 2, 3]));
   }
   return o.concat(parts, 0);
+}
+
+/** Softmax cotangent: y·(g − Σ g·y) along the axis. */
+function softmaxVjp(y: Tensor, g: Tensor, axis: number): Tensor {
+  return o.mul(y, o.sub(g, o.reduceSum(o.mul(g, y), [axis], true)));
+}
+
+/**
+ * Cotangents of y = x̂·w + b with x̂ = (x − mean)/√(var + eps) over `axes` (statistics are
+ * recomputed from x: the fused forward keeps none). `wb` is w shaped to broadcast against
+ * x; `sumToParam` reduces a cotangent of x's shape to the parameters' shape.
+ */
+function normVjp(
+  x: Tensor, g: Tensor, eps: number, nd: readonly boolean[], axes: number[], wb: Tensor, sumToParam: (t: Tensor) => Tensor,
+): Array<Tensor | null> {
+  const d = o.sub(x, o.reduceMean(x, axes, true));
+  const rstd = o.div(1, o.sqrt(o.add(o.reduceMean(o.mul(d, d), axes, true), eps)));
+  const xhat = o.mul(d, rstd);
+  let dx: Tensor | null = null;
+  if (nd[0]) {
+    const gh = o.mul(g, wb);
+    const inner = o.sub(o.sub(gh, o.reduceMean(gh, axes, true)), o.mul(xhat, o.reduceMean(o.mul(gh, xhat), axes, true)));
+    dx = o.mul(inner, rstd);
+  }
+  return [dx, nd[1] ? sumToParam(o.mul(g, xhat)) : null, nd[2] ? sumToParam(g) : null];
+}
+
+/**
+ * Multi-head attention cotangents. The fused forward keeps no probabilities, so they are
+ * recomputed per head: S = (s·Q)Kᵀ (+ mask), P = softmax(S); then dV = Pᵀg, dP = gVᵀ,
+ * dS = P·(dP − Σ dP·P), dQ = s·dS·K, dK = s·dSᵀ·Q (FlashAttention's backward, unfused).
+ */
+function mhaVjp(y: Tensor, g: Tensor, nd: readonly boolean[]): Array<Tensor | null> {
+  const [q, k, v] = y.inputs;
+  const { heads, scale, causal } = y.attrs as { heads: number; scale: number; causal: boolean };
+  const [bsz, lq] = q.shape;
+  const lk = k.shape[1];
+  const split = (t: Tensor) => {
+    const [, l, f] = t.shape;
+    return heads === 1 ? o.reshape(t, [bsz, 1, l, f]) : o.transpose(o.reshape(t, [bsz, l, heads, f / heads]), [0, 2, 1, 3]);
+  };
+  const merge = (t: Tensor) => {
+    const [, , l, f] = t.shape;
+    return heads === 1 ? o.reshape(t, [bsz, l, f]) : o.reshape(o.transpose(t, [0, 2, 1, 3]), [bsz, l, heads * f]);
+  };
+  const qh = split(q), kh = split(k), vh = split(v), gh = split(g);
+  let s = o.matmul(o.mul(qh, scale), kh, { transB: true });
+  if (causal) {
+    const mask = new Array<number>(lq * lk);
+    for (let i = 0; i < lq; i++) for (let j = 0; j < lk; j++) mask[i * lk + j] = j > i ? -1e9 : 0;
+    s = o.add(s, y.graph.constant(mask, [lq, lk], q.dtype));
+  }
+  const p = o.softmax(s, 3);
+  const dv = nd[2] ? merge(o.matmul(p, gh, { transA: true })) : null;
+  if (!nd[0] && !nd[1]) return [null, null, dv];
+  // Σⱼ P·dP = Σⱼ Pᵢⱼ (gᵢ·vⱼ) = gᵢ·yᵢ: from the small output rather than the [Lq, Lk] scores.
+  const rowDot = o.reduceSum(o.mul(gh, split(y)), [3], true);
+  const ds = o.mul(p, o.sub(o.matmul(gh, vh, { transB: true }), rowDot));
+  const dq = nd[0] ? o.mul(merge(o.matmul(ds, kh)), scale) : null;
+  const dk = nd[1] ? o.mul(merge(o.matmul(ds, qh, { transA: true })), scale) : null;
+  return [dq, dk, dv];
+}
+
+/**
+ * Cotangents from slices that tile a tensor along one axis (e.g. GEGLU's value and gate
+ * halves) arrive as zero-padded pieces; one concat of the pieces replaces pads and adds.
+ */
+function joinSlices(ps: readonly Tensor[]): Tensor | null {
+  let axis = -1;
+  const pieces: Array<{ start: number; t: Tensor }> = [];
+  for (const p of ps) {
+    if (p.op !== 'pad') return null;
+    const pads = p.attrs.pads as number[][];
+    const along = pads.flatMap(([a, b], i) => (a || b ? [i] : []));
+    if (along.length !== 1 || (axis >= 0 && along[0] !== axis)) return null;
+    axis = along[0];
+    pieces.push({ start: pads[axis][0], t: p.inputs[0] });
+  }
+  pieces.sort((a, b) => a.start - b.start);
+  let at = 0;
+  for (const { start, t } of pieces) {
+    if (start !== at) return null;
+    at += t.shape[axis];
+  }
+  return at === ps[0].shape[axis] ? o.concat(pieces.map((p) => p.t), axis) : null;
 }
 
 type Rule = (y: Tensor, g: Tensor, needs: readonly boolean[]) => Array<Tensor | null>;
@@ -120,12 +198,31 @@ const rules: Record<string, Rule> = {
   },
   cast: (y, g) => [isFloat(y.inputs[0].dtype) ? o.cast(g, y.inputs[0].dtype) : null],
   matmul: (y, g, nd) => {
+    // y = A·B with A = op(a), B = op(b): dA = g·Bᵀ and dB = Aᵀ·g, transposed back where
+    // an operand was used transposed — all as flags, so no Transpose node is emitted.
     const [a, b] = y.inputs;
-    return [
-      nd[0] ? unbroadcast(o.matmul(g, swapLast(b)), a.shape) : null,
-      nd[1] ? unbroadcast(o.matmul(swapLast(a), g), b.shape) : null,
-    ];
+    const { transA, transB } = y.attrs as { transA: boolean; transB: boolean };
+    const da = () => (transA ? o.matmul(b, g, { transA: transB, transB: true }) : o.matmul(g, b, { transB: !transB }));
+    const db = () => (transB ? o.matmul(g, a, { transA: true, transB: transA }) : o.matmul(a, g, { transA: !transA }));
+    return [nd[0] ? unbroadcast(da(), a.shape) : null, nd[1] ? unbroadcast(db(), b.shape) : null];
   },
+  softmax: (y, g) => [softmaxVjp(y, g, y.attrs.axis as number)],
+  layerNorm: (y, g, nd) => {
+    const [x, w] = y.inputs;
+    return normVjp(x, g, y.attrs.eps as number, nd, [x.rank - 1], w, (t) => unbroadcast(t, w.shape));
+  },
+  groupNorm: (y, g, nd) => {
+    // Viewed as [N, G, C/G, S]: statistics over axes 2 and 3, affine per (group, channel).
+    const [x, w] = y.inputs;
+    const [n, c] = x.shape;
+    const groups = y.attrs.groups as number;
+    const view = [n, groups, c / groups, x.size / (n * c)];
+    const wv = o.reshape(w, [1, groups, c / groups, 1]);
+    const perChannel = (t: Tensor) => o.reshape(o.reduceSum(t, [0, 3]), [c]);
+    const [dx, dw, db] = normVjp(o.reshape(x, view), o.reshape(g, view), y.attrs.eps as number, nd, [2, 3], wv, perChannel);
+    return [dx && o.reshape(dx, x.shape), dw, db];
+  },
+  mha: (y, g, nd) => mhaVjp(y, g, nd),
   conv: (y, g, nd) => {
     const [x, w] = y.inputs;
     const a = y.attrs as { stride: number; pad: number; groups: number; dilation: number };
@@ -237,12 +334,22 @@ export function grad(loss: Tensor, wrt: readonly Tensor[]): Tensor[] {
     if (!toLoss[i]) continue;
     for (const x of graph.tensors[i].inputs) toLoss[x.id] = 1;
   }
-  const cot = new Map<number, Tensor>();
-  cot.set(loss.id, o.expand(graph.scalar(1, loss.dtype), loss.shape));
+  // Cotangent contributions per tensor, summed (or joined) when the tensor is reached.
+  const parts = new Map<number, Tensor[]>();
+  parts.set(loss.id, [o.expand(graph.scalar(1, loss.dtype), loss.shape)]);
+  const totals = new Map<number, Tensor>();
+  const total = (id: number): Tensor | undefined => {
+    const ps = parts.get(id);
+    if (!ps) return undefined;
+    let t = totals.get(id);
+    if (!t) totals.set(id, (t = ps.length === 1 ? ps[0] : joinSlices(ps) ?? ps.reduce((acc, p) => o.add(acc, p))));
+    return t;
+  };
   for (let i = loss.id; i >= 0; i--) {
     const y = graph.tensors[i];
-    const g = cot.get(i);
-    if (!g || !fromWrt[i] || !toLoss[i] || NO_GRAD.has(y.op)) continue;
+    if (!fromWrt[i] || !toLoss[i] || NO_GRAD.has(y.op)) continue;
+    const g = total(i);
+    if (!g) continue;
     const rule = rules[y.op];
     if (!rule) throw new GraphError(`grad: no gradient rule for op "${y.op}"`);
     const needs = y.inputs.map((x) => fromWrt[x.id] === 1 && isFloat(x.dtype));
@@ -250,11 +357,12 @@ export function grad(loss: Tensor, wrt: readonly Tensor[]): Tensor[] {
     y.inputs.forEach((x, k) => {
       const gx = gs[k];
       if (!needs[k] || !gx) return;
-      const prev = cot.get(x.id);
-      cot.set(x.id, prev ? o.add(prev, gx) : gx);
+      const prev = parts.get(x.id);
+      if (prev) prev.push(gx);
+      else parts.set(x.id, [gx]);
     });
   }
-  return wrt.map((t) => cot.get(t.id) ?? o.expand(graph.scalar(0, t.dtype), t.shape));
+  return wrt.map((t) => total(t.id) ?? o.expand(graph.scalar(0, t.dtype), t.shape));
 }
 
 /** JAX-style transform: returns the loss and its gradients with respect to `wrt`. */

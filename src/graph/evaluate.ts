@@ -201,20 +201,100 @@ export function evaluate(outputs: readonly Tensor[], feeds: Record<string, Array
       case 'matmul': {
         const [x, y] = ins.map(ev);
         const [as, bs] = [ins[0].shape, ins[1].shape];
-        const m = as[as.length - 2], k = as[as.length - 1], nn = bs[bs.length - 1];
+        const { transA, transB } = a as { transA?: boolean; transB?: boolean };
+        const [ar, ac] = [as[as.length - 2], as[as.length - 1]];
+        const [br, bc] = [bs[bs.length - 2], bs[bs.length - 1]];
+        const m = transA ? ac : ar, k = transA ? ar : ac, nn = transB ? br : bc;
+        // Element (i, p) of op(a) and (p, j) of op(b), by strides into the stored matrices.
+        const [ai, ap] = transA ? [1, ac] : [ac, 1];
+        const [bp, bj] = transB ? [1, bc] : [bc, 1];
         const batch = t.shape.slice(0, -2);
         const ma = broadcastMap(batch, as.slice(0, -2));
         const mb = broadcastMap(batch, bs.slice(0, -2));
         const out = new Float64Array(t.size);
         for (let bi = 0; bi < numel(batch); bi++) {
-          const oa = ma[bi] * m * k, ob = mb[bi] * k * nn, oo = bi * m * nn;
+          const oa = ma[bi] * ar * ac, ob = mb[bi] * br * bc, oo = bi * m * nn;
           for (let i = 0; i < m; i++)
             for (let j = 0; j < nn; j++) {
               let s = 0;
-              for (let p = 0; p < k; p++) s += x[oa + i * k + p] * y[ob + p * nn + j];
+              for (let p = 0; p < k; p++) s += x[oa + i * ai + p * ap] * y[ob + p * bp + j * bj];
               out[oo + i * nn + j] = s;
             }
         }
+        return out;
+      }
+      case 'softmax': {
+        const x = ev(ins[0]);
+        const axis = a.axis as number;
+        const len = t.shape[axis];
+        const inner = numel(t.shape.slice(axis + 1));
+        const out = new Float64Array(t.size);
+        for (let o = 0; o < t.size / (len * inner); o++)
+          for (let r = 0; r < inner; r++) {
+            const at = (i: number) => (o * len + i) * inner + r;
+            let mx = -Infinity;
+            for (let i = 0; i < len; i++) mx = Math.max(mx, x[at(i)]);
+            let z = 0;
+            for (let i = 0; i < len; i++) z += out[at(i)] = Math.exp(x[at(i)] - mx);
+            for (let i = 0; i < len; i++) out[at(i)] /= z;
+          }
+        return out;
+      }
+      case 'layerNorm':
+      case 'groupNorm': {
+        // Each run of `len` consecutive values is one normalisation group; `chan(i)` is the
+        // affine index of flat element i.
+        const [x, w, b] = ins.map(ev);
+        const eps = a.eps as number;
+        let len: number, chan: (i: number) => number;
+        if (t.op === 'layerNorm') {
+          len = t.shape[t.rank - 1];
+          chan = (i) => i % len;
+        } else {
+          const c = t.shape[1];
+          const spatial = numel(t.shape.slice(2));
+          len = (c / (a.groups as number)) * spatial;
+          chan = (i) => Math.floor(i / spatial) % c;
+        }
+        const out = new Float64Array(t.size);
+        for (let s0 = 0; s0 < t.size; s0 += len) {
+          let mean = 0;
+          for (let i = 0; i < len; i++) mean += x[s0 + i];
+          mean /= len;
+          let v = 0;
+          for (let i = 0; i < len; i++) v += (x[s0 + i] - mean) ** 2;
+          const rstd = 1 / Math.sqrt(v / len + eps);
+          for (let i = s0; i < s0 + len; i++) out[i] = (x[i] - mean) * rstd * w[chan(i)] + b[chan(i)];
+        }
+        return out;
+      }
+      case 'mha': {
+        const [q, k, v] = ins.map(ev);
+        const { heads, scale, causal } = a as { heads: number; scale: number; causal: boolean };
+        const [bsz, lq, dq] = ins[0].shape;
+        const lk = ins[1].shape[1];
+        const dv = ins[2].shape[2];
+        const hd = dq / heads, hv = dv / heads;
+        const out = new Float64Array(t.size);
+        const p = new Float64Array(lk);
+        for (let bi = 0; bi < bsz; bi++)
+          for (let h = 0; h < heads; h++)
+            for (let i = 0; i < lq; i++) {
+              let mx = -Infinity;
+              for (let j = 0; j < lk; j++) {
+                let s = 0;
+                for (let e = 0; e < hd; e++) s += q[(bi * lq + i) * dq + h * hd + e] * k[(bi * lk + j) * dq + h * hd + e];
+                p[j] = causal && j > i ? -Infinity : s * scale;
+                mx = Math.max(mx, p[j]);
+              }
+              let z = 0;
+              for (let j = 0; j < lk; j++) z += p[j] = Math.exp(p[j] - mx);
+              for (let e = 0; e < hv; e++) {
+                let s = 0;
+                for (let j = 0; j < lk; j++) s += p[j] * v[(bi * lk + j) * dv + h * hv + e];
+                out[(bi * lq + i) * dv + h * hv + e] = s / z;
+              }
+            }
         return out;
       }
       case 'conv': {

@@ -78,15 +78,100 @@ export function cast(x: Tensor, dtype: DType): Tensor {
   return x.graph.node('cast', [x], { to: dtype }, x.shape, dtype);
 }
 
-/** Batched matmul with numpy semantics (1-D operands not supported: reshape first). */
-export function matmul(a: Tensor, b: Tensor): Tensor {
+export interface MatMulOptions {
+  /** Use the operand with its last two axes swapped (no Transpose node is emitted). */
+  transA?: boolean;
+  transB?: boolean;
+}
+
+/**
+ * Batched matmul with numpy semantics: op(a) · op(b), op swapping the last two axes where
+ * asked (1-D operands not supported: reshape first).
+ */
+export function matmul(a: Tensor, b: Tensor, opts: MatMulOptions = {}): Tensor {
   if (a.rank < 2 || b.rank < 2) throw new GraphError(`matmul: operands must have rank ≥ 2, got ${fmt(a.shape)} and ${fmt(b.shape)}`);
   if (a.dtype !== b.dtype) throw new GraphError(`matmul: dtypes ${a.dtype} and ${b.dtype} differ`);
-  const k1 = a.shape[a.rank - 1];
-  const k2 = b.shape[b.rank - 2];
-  if (k1 !== k2) throw new GraphError(`matmul: inner dimensions differ: ${fmt(a.shape)} × ${fmt(b.shape)}`);
+  const transA = opts.transA ?? false;
+  const transB = opts.transB ?? false;
+  const [m, k1] = transA ? [a.shape[a.rank - 1], a.shape[a.rank - 2]] : [a.shape[a.rank - 2], a.shape[a.rank - 1]];
+  const [k2, n] = transB ? [b.shape[b.rank - 1], b.shape[b.rank - 2]] : [b.shape[b.rank - 2], b.shape[b.rank - 1]];
+  const desc = `${fmt(a.shape)}${transA ? 'ᵀ' : ''} × ${fmt(b.shape)}${transB ? 'ᵀ' : ''}`;
+  if (k1 !== k2) throw new GraphError(`matmul: inner dimensions differ: ${desc}`);
   const batch = broadcastShapes('matmul', a.shape.slice(0, -2), b.shape.slice(0, -2));
-  return a.graph.node('matmul', [a, b], {}, [...batch, a.shape[a.rank - 2], b.shape[b.rank - 1]], a.dtype);
+  return a.graph.node('matmul', [a, b], { transA, transB }, [...batch, m, n], a.dtype);
+}
+
+/** Softmax along `axis` (one fused op; `softmaxComposed` in composite.ts is its oracle). */
+export function softmax(x: Tensor, axis = -1): Tensor {
+  if (!isFloat(x.dtype)) throw new GraphError(`softmax: needs a float tensor, got ${x.dtype}`);
+  const ax = axis < 0 ? axis + x.rank : axis;
+  if (ax < 0 || ax >= x.rank) throw new GraphError(`softmax: axis ${axis} out of range for ${fmt(x.shape)}`);
+  return x.graph.node('softmax', [x], { axis: ax }, x.shape, x.dtype);
+}
+
+function affineParams(op: string, x: Tensor, n: number, weight: Tensor | null, bias: Tensor | null): [Tensor, Tensor] {
+  const check = (t: Tensor, what: string) => {
+    if (t.rank !== 1 || t.shape[0] !== n || t.dtype !== x.dtype) {
+      throw new GraphError(`${op}: ${what} ${fmt(t.shape)}:${t.dtype} must be [${n}]:${x.dtype}`);
+    }
+    return t;
+  };
+  const w = weight ? check(weight, 'weight') : x.graph.constant(new Array<number>(n).fill(1), [n], x.dtype);
+  const b = bias ? check(bias, 'bias') : x.graph.constant(new Array<number>(n).fill(0), [n], x.dtype);
+  return [w, b];
+}
+
+/**
+ * LayerNorm over the last axis (biased variance, as PyTorch), with per-feature affine.
+ * One fused op; `layerNormComposed` in composite.ts is its oracle.
+ */
+export function layerNorm(x: Tensor, weight: Tensor | null, bias: Tensor | null, eps = 1e-5): Tensor {
+  if (!isFloat(x.dtype) || x.rank < 1) throw new GraphError(`layerNorm: needs a float tensor of rank ≥ 1, got ${fmt(x.shape)}:${x.dtype}`);
+  const [w, b] = affineParams('layerNorm', x, x.shape[x.rank - 1], weight, bias);
+  return x.graph.node('layerNorm', [x, w, b], { eps }, x.shape, x.dtype);
+}
+
+/**
+ * GroupNorm over [N, C, ...] (statistics per sample and group of C/groups channels), with
+ * per-channel affine. One fused op; `groupNormComposed` in composite.ts is its oracle.
+ */
+export function groupNorm(x: Tensor, groups: number, weight: Tensor | null, bias: Tensor | null, eps = 1e-5): Tensor {
+  if (!isFloat(x.dtype) || x.rank < 2) throw new GraphError(`groupNorm: needs a float tensor of rank ≥ 2, got ${fmt(x.shape)}:${x.dtype}`);
+  const c = x.shape[1];
+  if (!Number.isInteger(groups) || groups < 1 || c % groups !== 0) throw new GraphError(`groupNorm: ${c} channels are not divisible into ${groups} groups`);
+  const [w, b] = affineParams('groupNorm', x, c, weight, bias);
+  return x.graph.node('groupNorm', [x, w, b], { groups, eps }, x.shape, x.dtype);
+}
+
+export interface AttentionOptions {
+  heads: number;
+  /** Score scale; default 1/√(head size). */
+  scale?: number;
+  /** Query i sees keys j ≤ i only. */
+  causal?: boolean;
+}
+
+/**
+ * Multi-head scaled dot-product attention on packed heads: q [B, Lq, H·d], k [B, Lk, H·d],
+ * v [B, Lk, H·dv] → [B, Lq, H·dv]; head h uses features h·d … (h+1)·d − 1 (PyTorch's
+ * split of the projection). One fused op; `attentionComposed` in composite.ts is its oracle.
+ */
+export function multiHeadAttention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): Tensor {
+  const { heads } = opts;
+  const desc = `q ${fmt(q.shape)}, k ${fmt(k.shape)}, v ${fmt(v.shape)}`;
+  if (q.rank !== 3 || k.rank !== 3 || v.rank !== 3) throw new GraphError(`multiHeadAttention: operands must be [B, L, features], got ${desc}`);
+  if (q.dtype !== k.dtype || q.dtype !== v.dtype || !isFloat(q.dtype)) throw new GraphError(`multiHeadAttention: operands must share one float dtype (${desc})`);
+  const [b, lq, dq] = q.shape;
+  const [bk, lk, dk] = k.shape;
+  const [bv, lv, dv] = v.shape;
+  if (bk !== b || bv !== b || lv !== lk || dk !== dq) throw new GraphError(`multiHeadAttention: shapes do not match: ${desc}`);
+  if (!Number.isInteger(heads) || heads < 1 || dq % heads !== 0 || dv % heads !== 0) {
+    throw new GraphError(`multiHeadAttention: ${heads} heads do not divide the features of ${desc}`);
+  }
+  const causal = opts.causal ?? false;
+  if (causal && lq !== lk) throw new GraphError(`multiHeadAttention: causal attention needs as many queries as keys (${desc})`);
+  const scale = opts.scale ?? 1 / Math.sqrt(dq / heads);
+  return q.graph.node('mha', [q, k, v], { heads, scale, causal }, [b, lq, dv], q.dtype);
 }
 
 export interface ConvOptions {

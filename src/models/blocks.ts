@@ -41,17 +41,12 @@ export function resnetBlock2D(p: Params, x: Tensor, temb: Tensor | null, groups:
 
 /** Multi-head attention (diffusers Attention): q from x, k/v from `context` (or x). */
 export function attentionP(p: Params, x: Tensor, context: Tensor | null, heads: number): Tensor {
-  const [b, l, d] = x.shape;
+  const d = x.shape[2];
   const ctx = context ?? x;
-  const lk = ctx.shape[1];
-  const hd = d / heads;
   const q = linearP(p.scope('to_q'), x, d);
   const k = linearP(p.scope('to_k'), ctx, d);
   const v = linearP(p.scope('to_v'), ctx, d);
-  const split = (t: Tensor, n: number) => o.transpose(o.reshape(t, [b, n, heads, hd]), [0, 2, 1, 3]);
-  const out = o.attention(split(q, l), split(k, lk), split(v, lk));
-  const merged = o.reshape(o.transpose(out, [0, 2, 1, 3]), [b, l, d]);
-  return linearP(p.scope('to_out.0'), merged, d);
+  return linearP(p.scope('to_out.0'), o.multiHeadAttention(q, k, v, { heads }), d);
 }
 
 /** NCHW → [B, H·W, C] and back. */

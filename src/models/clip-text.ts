@@ -29,13 +29,9 @@ export function tokenEmbeddings(p: Params, cfg: CLIPTextConfig, ids: Tensor, ext
 }
 
 function selfAttention(p: Params, x: Tensor, heads: number, d: number): Tensor {
-  const [b, l] = x.shape;
-  const hd = d / heads;
-  const split = (t: Tensor) => o.transpose(o.reshape(t, [b, l, heads, hd]), [0, 2, 1, 3]);
-  const proj = (n: string) => o.linear(x, p.get(`${n}.weight`, [d, d]), p.get(`${n}.bias`, [d]));
-  const out = o.attention(split(proj('q_proj')), split(proj('k_proj')), split(proj('v_proj')), { causal: true });
-  const merged = o.reshape(o.transpose(out, [0, 2, 1, 3]), [b, l, d]);
-  return o.linear(merged, p.get('out_proj.weight', [d, d]), p.get('out_proj.bias', [d]));
+  const proj = (n: string, t: Tensor) => o.linear(t, p.get(`${n}.weight`, [d, d]), p.get(`${n}.bias`, [d]));
+  const out = o.multiHeadAttention(proj('q_proj', x), proj('k_proj', x), proj('v_proj', x), { heads, causal: true });
+  return proj('out_proj', out);
 }
 
 /** last_hidden_state [B, L, D] for int64 `ids` [B, L]. `p` is scoped at `text_model`. */

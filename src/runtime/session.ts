@@ -20,6 +20,8 @@ export interface CompileOptions extends ExportOptions {
   disablePrepacking?: boolean;
   /** Write ORT's per-node profile (JSON) with this file prefix. */
   profilePrefix?: string;
+  /** Let idle intra-op threads spin-wait for work (ORT's default) instead of sleeping. */
+  spinning?: boolean;
 }
 
 export type Feed = HostArray | Int32Array | number[];
@@ -80,7 +82,7 @@ export async function compile(outputs: Record<string, Tensor>, opts: CompileOpti
   const level = opts.optimization ?? 'all';
   const key = createHash('sha256')
     .update(exported.bytes)
-    .update(JSON.stringify({ threads, level, p: opts.disablePrepacking ?? false, r: exported.externalRoot ?? '' }))
+    .update(JSON.stringify({ threads, level, p: opts.disablePrepacking ?? false, s: opts.spinning ?? null, r: exported.externalRoot ?? '' }))
     .digest('hex');
   const hit = cache.get(key);
   if (hit) return hit;
@@ -93,6 +95,7 @@ export async function compile(outputs: Record<string, Tensor>, opts: CompileOpti
     extra: {
       session: {
         ...(opts.disablePrepacking ? { disable_prepacking: '1' } : {}),
+        ...(opts.spinning !== undefined ? { 'session.intra_op.allow_spinning': opts.spinning ? '1' : '0' } : {}),
         ...(exported.externalRoot ? { model_external_initializers_file_folder_path: exported.externalRoot } : {}),
       },
     },

@@ -76,6 +76,42 @@ test('attention equals softmax(QKᵀ/√d)V, with the causal mask hiding future 
   }
 });
 
+test('fused primitives equal their composed oracles (softmax, layerNorm, groupNorm, multi-head attention)', () => {
+  const g = new o.Graph();
+  const x = g.input('x', [2, 6, 5], 'float64');
+  const w = g.input('w', [6], 'float64');
+  const b = g.input('b', [6], 'float64');
+  const w5 = g.input('w5', [5], 'float64');
+  const b5 = g.input('b5', [5], 'float64');
+  const feeds = { x: randn(60, 31), w: randn(6, 32), b: randn(6, 33), w5: randn(5, 34), b5: randn(5, 35) };
+  const pairs: Array<[string, o.Tensor, o.Tensor]> = [
+    ['softmax', o.softmax(x, 1), o.softmaxComposed(x, 1)],
+    ['layerNorm', o.layerNorm(x, w5, b5, 1e-5), o.layerNormComposed(x, w5, b5, 1e-5)],
+    ['layerNorm (no affine)', o.layerNorm(x, null, null, 1e-3), o.layerNormComposed(x, null, null, 1e-3)],
+    ['groupNorm', o.groupNorm(x, 3, w, b, 1e-6), o.groupNormComposed(x, 3, w, b, 1e-6)],
+  ];
+  // Multi-head attention on packed heads against the per-head composed form.
+  const [bq, lq, lk, heads, hd] = [2, 3, 4, 2, 3];
+  const q = g.input('q', [bq, lq, heads * hd], 'float64');
+  const k = g.input('k', [bq, lk, heads * hd], 'float64');
+  const v = g.input('v', [bq, lk, heads * hd], 'float64');
+  Object.assign(feeds, { q: randn(bq * lq * heads * hd, 36), k: randn(bq * lk * heads * hd, 37), v: randn(bq * lk * heads * hd, 38) });
+  const split = (t: o.Tensor, l: number) => o.transpose(o.reshape(t, [bq, l, heads, hd]), [0, 2, 1, 3]);
+  const merge = (t: o.Tensor) => o.reshape(o.transpose(t, [0, 2, 1, 3]), [bq, lq, heads * hd]);
+  pairs.push(['multiHeadAttention', o.multiHeadAttention(q, k, v, { heads }), merge(o.attentionComposed(split(q, lq), split(k, lk), split(v, lk)))]);
+  const qs = o.slice(k, [1], [0], [lq]);
+  pairs.push([
+    'multiHeadAttention (causal)',
+    o.multiHeadAttention(qs, qs, qs, { heads, causal: true }),
+    merge(o.attentionComposed(split(qs, lq), split(qs, lq), split(qs, lq), { causal: true })),
+  ]);
+  const outs = o.evaluate(pairs.flatMap(([, a, c]) => [a, c]), feeds);
+  pairs.forEach(([name], i) => {
+    const [got, want] = [outs[2 * i], outs[2 * i + 1]];
+    for (let j = 0; j < want.length; j++) assert.ok(Math.abs(got[j] - want[j]) < 1e-12, `${name} [${j}]: ${got[j]} vs ${want[j]}`);
+  });
+});
+
 test('linear is x·Wᵀ + b with PyTorch weight layout', () => {
   const g = new o.Graph();
   const x = g.input('x', [1, 2], 'float64');

@@ -3,9 +3,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as o from '../../src/graph/index.ts';
-import { gradCheck, ortCheck, type Case } from './helpers.ts';
+import { gradCheck, ortCheck, randn, type Case } from './helpers.ts';
 
 const pos = (shape: number[]) => ({ shape, positive: true });
+/** A frozen weight (an initializer in ONNX), in the graph's dtype. */
+function frozen(g: o.Graph, name: string, shape: number[], dtype: o.DType): o.Tensor {
+  const v = randn(shape.reduce((a, b) => a * b, 1), 77, 0.5);
+  return g.weight(name, shape, { kind: 'memory', data: dtype === 'float64' ? v : Float32Array.from(v) }, dtype);
+}
 const sh = (shape: number[]) => ({ shape });
 
 const cases: Case[] = [
@@ -33,6 +38,28 @@ const cases: Case[] = [
   },
   { name: 'matmul', inputs: { a: sh([2, 3, 4]), b: sh([4, 5]) }, build: (x) => o.matmul(x.a, x.b) },
   { name: 'matmul (batch broadcast)', inputs: { a: sh([2, 1, 3, 4]), b: sh([3, 4, 2]) }, build: (x) => o.matmul(x.a, x.b) },
+  { name: 'matmul transB (linear layout)', inputs: { a: sh([2, 3, 4]), b: sh([5, 4]) }, build: (x) => o.matmul(x.a, x.b, { transB: true }) },
+  { name: 'matmul transA', inputs: { a: sh([2, 4, 3]), b: sh([2, 4, 5]) }, build: (x) => o.matmul(x.a, x.b, { transA: true }) },
+  {
+    name: 'matmul transA and transB (batch broadcast)',
+    inputs: { a: sh([2, 1, 4, 3]), b: sh([3, 5, 4]) },
+    build: (x) => o.matmul(x.a, x.b, { transA: true, transB: true }),
+  },
+  {
+    name: 'conv2d input gradient with a frozen weight (lowered as a flipped Conv)',
+    inputs: { x: sh([1, 3, 5, 4]) },
+    build: (x, g) => o.conv2d(x.x, frozen(g, 'w', [4, 3, 3, 3], x.x.dtype), null, { padding: 1 }),
+  },
+  {
+    name: 'conv2d 1×1 input gradient with a frozen weight',
+    inputs: { x: sh([1, 3, 4, 3]) },
+    build: (x, g) => o.conv2d(x.x, frozen(g, 'w', [5, 3, 1, 1], x.x.dtype), frozen(g, 'b', [5], x.x.dtype)),
+  },
+  {
+    name: 'conv2d input gradient with a frozen weight, dilation 2, pad 0',
+    inputs: { x: sh([1, 2, 7, 6]) },
+    build: (x, g) => o.conv2d(x.x, frozen(g, 'w', [3, 2, 3, 3], x.x.dtype), null, { dilation: 2 }),
+  },
   {
     name: 'conv2d 3×3 pad 1 + bias',
     inputs: { x: sh([2, 3, 5, 4]), w: sh([4, 3, 3, 3]), b: sh([4]) },
@@ -80,8 +107,68 @@ const cases: Case[] = [
     inputs: { u: sh([4, 3]) },
     build: (x, g) => o.scatterAddRows(5, g.constant([3, 0, 3, 1], [4], 'int64'), x.u),
   },
-  // Composites.
+  // Fused primitives (and their composed oracles).
   { name: 'softmax', inputs: { x: sh([3, 5]) }, build: (x) => o.softmax(x.x, -1) },
+  { name: 'softmax (middle axis)', inputs: { x: sh([2, 4, 3]) }, build: (x) => o.softmax(x.x, 1) },
+  { name: 'softmaxComposed', inputs: { x: sh([3, 5]) }, build: (x) => o.softmaxComposed(x.x, -1) },
+  {
+    name: 'layerNormComposed',
+    inputs: { x: sh([2, 3, 6]), w: sh([6]), b: sh([6]) },
+    build: (x) => o.layerNormComposed(x.x, x.w, x.b, 1e-5),
+  },
+  { name: 'layerNorm (no affine)', inputs: { x: sh([3, 5]) }, build: (x) => o.layerNorm(x.x, null, null, 1e-5) },
+  {
+    name: 'groupNormComposed',
+    inputs: { x: sh([2, 4, 3, 2]), w: sh([4]), b: sh([4]) },
+    build: (x) => o.groupNormComposed(x.x, 2, x.w, x.b, 1e-6),
+  },
+  {
+    name: 'groupNorm (rank 3)',
+    inputs: { x: sh([2, 6, 4]), w: sh([6]), b: sh([6]) },
+    build: (x) => o.groupNorm(x.x, 3, x.w, x.b, 1e-5),
+  },
+  {
+    name: 'multiHeadAttention (2 heads, self)',
+    inputs: { q: sh([2, 4, 6]), k: sh([2, 4, 6]), v: sh([2, 4, 6]) },
+    build: (x) => o.multiHeadAttention(x.q, x.k, x.v, { heads: 2 }),
+  },
+  {
+    name: 'multiHeadAttention (2 heads, cross, longer keys)',
+    inputs: { q: sh([1, 3, 4]), k: sh([1, 5, 4]), v: sh([1, 5, 4]) },
+    build: (x) => o.multiHeadAttention(x.q, x.k, x.v, { heads: 2 }),
+  },
+  {
+    name: 'multiHeadAttention (3 heads, causal, custom scale)',
+    inputs: { q: sh([1, 4, 6]), k: sh([1, 4, 6]), v: sh([1, 4, 6]) },
+    build: (x) => o.multiHeadAttention(x.q, x.k, x.v, { heads: 3, causal: true, scale: 0.3 }),
+  },
+  {
+    name: 'multiHeadAttention (value width ≠ key width)',
+    inputs: { q: sh([1, 3, 4]), k: sh([1, 2, 4]), v: sh([1, 2, 6]) },
+    build: (x) => o.multiHeadAttention(x.q, x.k, x.v, { heads: 2 }),
+  },
+  {
+    name: 'multiHeadAttention (gradient to q only)',
+    inputs: { q: sh([1, 3, 4]), k: sh([1, 2, 4]), v: sh([1, 2, 4]) },
+    wrt: ['q'],
+    build: (x) => o.multiHeadAttention(x.q, x.k, x.v, { heads: 2 }),
+  },
+  {
+    name: 'slices tiling a tensor (cotangents joined by one concat)',
+    inputs: { x: sh([2, 6]) },
+    build: (x) => o.mul(o.slice(x.x, [1], [0], [3]), o.tanh(o.slice(x.x, [1], [3], [6]))),
+  },
+  {
+    name: 'slices not tiling a tensor (cotangents summed)',
+    inputs: { x: sh([2, 6]) },
+    build: (x) => o.mul(o.slice(x.x, [1], [0], [3]), o.tanh(o.slice(x.x, [1], [2], [5]))),
+  },
+  {
+    name: 'attentionComposed (causal)',
+    inputs: { q: sh([1, 2, 4, 3]), k: sh([1, 2, 4, 3]), v: sh([1, 2, 4, 3]) },
+    build: (x) => o.attentionComposed(x.q, x.k, x.v, { causal: true }),
+  },
+  // Composites.
   {
     name: 'layerNorm',
     inputs: { x: sh([2, 3, 6]), w: sh([6]), b: sh([6]) },
