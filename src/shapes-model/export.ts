@@ -1,0 +1,49 @@
+// Saves the model as a diffusers folder (model_index.json, unet/, vae/, text_encoder/,
+// tokenizer/, scheduler/), loadable by diffusers' StableDiffusionPipeline.from_pretrained
+// and by oneword's own io/checkpoint.ts.
+import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { writeSafetensors, type TensorToWrite } from '../io/safetensors.ts';
+import type { ArchSpec } from './config.ts';
+import { modelIndexJson, schedulerConfigJson, textConfigJson, unetConfigJson, vaeConfigJson } from './config.ts';
+import type { ParamStore } from './params.ts';
+
+/** The CLIP tokenizer files shipped with the tiny SD1 fixture (the real SD 1.x vocabulary). */
+export const TOKENIZER_SOURCE = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'test', 'fixtures', 'sd1-tiny', 'tokenizer');
+export const TOKENIZER_FILES = ['vocab.json', 'merges.txt', 'tokenizer_config.json', 'special_tokens_map.json'];
+
+function tensors(store: ParamStore): Record<string, TensorToWrite> {
+  const out: Record<string, TensorToWrite> = {};
+  for (const name of store.names()) {
+    const t = store.get(name);
+    out[name] = { dtype: 'F32', shape: t.shape, data: t.data };
+  }
+  return out;
+}
+
+function writeJson(path: string, v: unknown): void {
+  writeFileSync(path, `${JSON.stringify(v, null, 2)}\n`);
+}
+
+export interface ExportInput {
+  arch: ArchSpec;
+  scalingFactor: number;
+  vae: ParamStore;
+  text: ParamStore;
+  unet: ParamStore;
+}
+
+export function exportDiffusers(dir: string, m: ExportInput): void {
+  for (const sub of ['unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler']) mkdirSync(join(dir, sub), { recursive: true });
+  const meta = { format: 'pt' };
+  writeJson(join(dir, 'model_index.json'), modelIndexJson());
+  writeJson(join(dir, 'unet', 'config.json'), unetConfigJson(m.arch));
+  writeSafetensors(join(dir, 'unet', 'diffusion_pytorch_model.safetensors'), tensors(m.unet), meta);
+  writeJson(join(dir, 'vae', 'config.json'), vaeConfigJson(m.arch, m.scalingFactor));
+  writeSafetensors(join(dir, 'vae', 'diffusion_pytorch_model.safetensors'), tensors(m.vae), meta);
+  writeJson(join(dir, 'text_encoder', 'config.json'), textConfigJson(m.arch));
+  writeSafetensors(join(dir, 'text_encoder', 'model.safetensors'), tensors(m.text), meta);
+  writeJson(join(dir, 'scheduler', 'scheduler_config.json'), schedulerConfigJson());
+  for (const f of TOKENIZER_FILES) copyFileSync(join(TOKENIZER_SOURCE, f), join(dir, 'tokenizer', f));
+}

@@ -1,0 +1,314 @@
+// Training oneword's shapes model from scratch, in three resumable phases:
+//   1. VAE (AutoencoderKL): reconstruction (L1 + MSE) + a small KL term, on fresh renders;
+//   2. latent cache: a fixed seeded set of renders encoded once by the frozen VAE
+//      (mean and log-variance), and the scaling factor 1/std of the sampled latents;
+//   3. UNet + CLIP text encoder jointly, DDPM epsilon objective (SD 1.x betas), min-SNR
+//      weighting, 10 % empty captions, AdamW, EMA of the weights.
+// Every random draw comes from a seeded generator keyed by (seed, phase, step), so a run
+// (and a resumed run) is deterministic.
+import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { Graph } from '../graph/index.ts';
+import { SafetensorsFile, writeSafetensors } from '../io/safetensors.ts';
+import { Params } from '../models/params.ts';
+import { vaeEncode } from '../models/vae.ts';
+import { compile } from '../runtime/session.ts';
+import { DDPMScheduler } from '../schedulers/index.ts';
+import { type Attrs, randomAttributes, render, Rng } from '../shapes/index.ts';
+import { type ArchSpec, parseArch, type ParsedArch, schedulerConfigJson } from './config.ts';
+import { CaptionTokens, objectWeights, renderSet, toPixels, trainingCaption } from './data.ts';
+import { exportDiffusers } from './export.ts';
+import { unetStepGraph, vaeStepGraph } from './graphs.ts';
+import { initText, initUnet, initVae } from './init.ts';
+import { ParamStore } from './params.ts';
+import { type OptimConfig, Trainer } from './trainer.ts';
+import { samplerModelFromStores } from './sample.ts';
+import { evaluateModel } from './evaluate.ts';
+
+export interface PhaseConfig {
+  steps: number;
+  batch: number;
+  lr: number;
+  warmupSteps: number;
+}
+
+export interface TrainConfig {
+  arch: ArchSpec;
+  seed: number;
+  vae: PhaseConfig & { klWeight: number };
+  /** Images in the latent cache the UNet trains on. */
+  datasetImages: number;
+  unet: PhaseConfig & { minSnrGamma: number; emaDecay: number };
+  /** Checkpoint every this many steps (both phases). */
+  checkpointEvery: number;
+  /** Log one line every this many steps. */
+  logEvery: number;
+  /** Every this many UNet steps, a quick evaluation of the EMA weights (0 = never). */
+  evalEvery: number;
+  /** Prompts in that quick evaluation. */
+  evalPrompts: number;
+  threads?: number;
+  /** Scratch folder for checkpoints and the latent cache. */
+  workDir: string;
+  /** Where the diffusers folder is written at the end. */
+  outDir: string;
+}
+
+export const FULL_RECIPE: Omit<TrainConfig, 'arch' | 'workDir' | 'outDir'> = {
+  seed: 0,
+  vae: { steps: 1200, batch: 16, lr: 1e-3, warmupSteps: 50, klWeight: 1e-4 },
+  datasetImages: 30000,
+  unet: { steps: 4000, batch: 32, lr: 1e-3, warmupSteps: 200, minSnrGamma: 5, emaDecay: 0.998 },
+  checkpointEvery: 100,
+  logEvery: 10,
+  evalEvery: 1000,
+  evalPrompts: 24,
+};
+
+export type LogFn = (entry: Record<string, unknown>) => void;
+
+const optim = (p: PhaseConfig, emaDecay = 0): OptimConfig => ({
+  lr: p.lr, warmupSteps: p.warmupSteps, totalSteps: p.steps, minLrFrac: 0.1,
+  weightDecay: 0.01, beta1: 0.9, beta2: 0.999, clipNorm: 1, emaDecay,
+});
+
+function normals(rng: Rng, n: number): Float32Array {
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = rng.normal();
+  return out;
+}
+
+/** Runs `trainer` from its current step to `steps`, checkpointing to `ckpt`. */
+async function runPhase(
+  phase: string, trainer: Trainer, steps: number, cfg: TrainConfig, ckpt: string, log: LogFn,
+  batchFor: (step: number) => Record<string, Float32Array | BigInt64Array>,
+  after?: (step: number) => Promise<void>,
+): Promise<void> {
+  let acc: Record<string, number> = {};
+  let n = 0;
+  let t0 = performance.now();
+  while (trainer.step < steps) {
+    const step = trainer.step;
+    const r = await trainer.trainStep(batchFor(step));
+    acc.loss = (acc.loss ?? 0) + r.loss;
+    for (const [k, v] of Object.entries(r.extras)) acc[k] = (acc[k] ?? 0) + v;
+    acc.gradNorm = (acc.gradNorm ?? 0) + r.gradNorm;
+    n++;
+    if (trainer.step % cfg.logEvery === 0 || trainer.step === steps) {
+      const sec = (performance.now() - t0) / 1000 / n;
+      const entry: Record<string, unknown> = { phase, step: trainer.step };
+      for (const [k, v] of Object.entries(acc)) entry[k] = Number((v / n).toPrecision(5));
+      entry.lr = Number(r.lr.toPrecision(4));
+      entry.secPerStep = Number(sec.toFixed(3));
+      log(entry);
+      acc = {};
+      n = 0;
+      t0 = performance.now();
+    }
+    if (trainer.step % cfg.checkpointEvery === 0 || trainer.step === steps) trainer.saveCheckpoint(ckpt, { phase });
+    if (after) {
+      const t1 = performance.now();
+      await after(trainer.step);
+      t0 += performance.now() - t1;
+    }
+  }
+}
+
+function saveStore(path: string, store: ParamStore, meta: Record<string, string> = {}): void {
+  const t: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
+  for (const name of store.names()) {
+    const x = store.get(name);
+    t[name] = { dtype: 'F32', shape: x.shape, data: x.data };
+  }
+  writeSafetensors(path, t, meta);
+}
+
+function loadStore(path: string, into: ParamStore): Record<string, string> {
+  const f = SafetensorsFile.open(path);
+  for (const name of into.names()) into.get(name).data.set(f.readFloat32(name));
+  return f.metadata;
+}
+
+// ---------------------------------------------------------------- phase 1: VAE
+
+export async function trainVaePhase(cfg: TrainConfig, a: ParsedArch, log: LogFn): Promise<ParamStore> {
+  const vae = initVae(a, cfg.seed);
+  const done = join(cfg.workDir, 'vae.final.safetensors');
+  if (existsSync(done)) {
+    loadStore(done, vae);
+    log({ phase: 'vae', note: `loaded finished VAE from ${done}` });
+    return vae;
+  }
+  const B = cfg.vae.batch;
+  const sg = vaeStepGraph(a, vae, B, cfg.vae.klWeight);
+  const trainer = await Trainer.create(sg, optim(cfg.vae), cfg.threads);
+  const ckpt = join(cfg.workDir, 'vae.ckpt.safetensors');
+  if (existsSync(ckpt)) {
+    trainer.loadCheckpoint(ckpt);
+    log({ phase: 'vae', note: `resumed at step ${trainer.step}` });
+  }
+  const S = a.arch.imageSize;
+  const s = a.latentSize;
+  await runPhase('vae', trainer, cfg.vae.steps, cfg, ckpt, log, (step) => {
+    const rng = new Rng(`vae:${cfg.seed}:${step}`);
+    const pixels = new Float32Array(B * 3 * S * S);
+    for (let i = 0; i < B; i++) toPixels(render(randomAttributes(rng), { rng }), S, pixels, i * 3 * S * S);
+    return { pixels, weights: objectWeights(pixels, B, S), eps: normals(rng, B * 4 * s * s) };
+  });
+  saveStore(done, vae);
+  return vae;
+}
+
+// ---------------------------------------------------------------- phase 2: latent cache
+
+export interface LatentCache {
+  attrs: Attrs[];
+  mean: Float32Array;
+  logvar: Float32Array;
+  scalingFactor: number;
+}
+
+export async function encodePhase(cfg: TrainConfig, a: ParsedArch, vae: ParamStore, log: LogFn): Promise<LatentCache> {
+  const path = join(cfg.workDir, 'latents.safetensors');
+  if (existsSync(path)) {
+    const f = SafetensorsFile.open(path);
+    log({ phase: 'encode', note: `loaded latent cache from ${path}` });
+    return {
+      attrs: JSON.parse(f.metadata.attrs) as Attrs[],
+      mean: f.readFloat32('mean'),
+      logvar: f.readFloat32('logvar'),
+      scalingFactor: Number(f.metadata.scaling_factor),
+    };
+  }
+  const N = cfg.datasetImages;
+  const S = a.arch.imageSize;
+  const s = a.latentSize;
+  const per = 4 * s * s;
+  const chunk = 50;
+  const g = new Graph();
+  const px = g.input('pixels', [chunk, 3, S, S]);
+  const dist = vaeEncode(new Params(g, vae, 'vae/'), a.vae, px);
+  const enc = await compile({ mean: dist.mean, logvar: dist.logvar }, { weights: 'feed', threads: cfg.threads });
+  const t0 = performance.now();
+  const data = renderSet(N, cfg.seed, S);
+  const mean = new Float32Array(N * per);
+  const logvar = new Float32Array(N * per);
+  for (let i = 0; i < N; i += chunk) {
+    const m = Math.min(chunk, N - i);
+    const pixels = new Float32Array(chunk * 3 * S * S);
+    pixels.set(data.pixels.subarray(i * 3 * S * S, (i + m) * 3 * S * S));
+    const r = await enc.run({ pixels });
+    mean.set((r.mean as Float32Array).subarray(0, m * per), i * per);
+    logvar.set((r.logvar as Float32Array).subarray(0, m * per), i * per);
+  }
+  // SD's scaling factor: 1 / std of latents sampled from the posterior.
+  const rng = new Rng(`encode:${cfg.seed}`);
+  let sum = 0;
+  let sum2 = 0;
+  for (let i = 0; i < mean.length; i++) {
+    const z = mean[i] + Math.exp(0.5 * logvar[i]) * rng.normal();
+    sum += z;
+    sum2 += z * z;
+  }
+  const mu = sum / mean.length;
+  const std = Math.sqrt(sum2 / mean.length - mu * mu);
+  const scalingFactor = Number((1 / std).toPrecision(5));
+  let meanStd = 0;
+  for (let i = 0; i < logvar.length; i++) meanStd += Math.exp(0.5 * logvar[i]);
+  log({ phase: 'encode', images: N, latentMean: Number(mu.toPrecision(4)), latentStd: Number(std.toPrecision(4)),
+    posteriorStd: Number((meanStd / logvar.length).toPrecision(4)), scalingFactor, seconds: Math.round((performance.now() - t0) / 1000) });
+  writeSafetensors(path, {
+    mean: { dtype: 'F32', shape: [N, 4, s, s], data: mean },
+    logvar: { dtype: 'F32', shape: [N, 4, s, s], data: logvar },
+  }, { attrs: JSON.stringify(data.attrs), scaling_factor: String(scalingFactor) });
+  return { attrs: data.attrs, mean, logvar, scalingFactor };
+}
+
+// ---------------------------------------------------------------- phase 3: UNet + text encoder
+
+export async function trainUnetPhase(cfg: TrainConfig, a: ParsedArch, vae: ParamStore, cache: LatentCache, log: LogFn): Promise<{ text: ParamStore; unet: ParamStore }> {
+  const text = initText(a, cfg.seed);
+  const unet = initUnet(a, cfg.seed);
+  const B = cfg.unet.batch;
+  const sg = unetStepGraph(a, text, unet, B);
+  const trainer = await Trainer.create(sg, optim(cfg.unet, cfg.unet.emaDecay), cfg.threads);
+  const ckpt = join(cfg.workDir, 'unet.ckpt.safetensors');
+  if (existsSync(ckpt)) {
+    trainer.loadCheckpoint(ckpt);
+    log({ phase: 'unet', note: `resumed at step ${trainer.step}` });
+  }
+  const ac = new DDPMScheduler(schedulerConfigJson()).alphasCumprod;
+  const s = a.latentSize;
+  const per = 4 * s * s;
+  const N = cache.attrs.length;
+  const tokens = new CaptionTokens();
+  const sf = cache.scalingFactor;
+  const gamma = cfg.unet.minSnrGamma;
+  await runPhase('unet', trainer, cfg.unet.steps, cfg, ckpt, log, (step) => {
+    const rng = new Rng(`unet:${cfg.seed}:${step}`);
+    const noisy = new Float32Array(B * per);
+    const noise = new Float32Array(B * per);
+    const t = new Float32Array(B);
+    const w = new Float32Array(B);
+    const captions: string[] = [];
+    for (let b = 0; b < B; b++) {
+      const idx = rng.int(N);
+      captions.push(trainingCaption(cache.attrs[idx], rng));
+      const ti = rng.int(ac.length);
+      t[b] = ti;
+      const abar = ac[ti];
+      const sa = Math.sqrt(abar);
+      const sb = Math.sqrt(1 - abar);
+      const snr = abar / (1 - abar);
+      w[b] = gamma > 0 ? Math.min(snr, gamma) / snr : 1;
+      for (let k = 0; k < per; k++) {
+        const j = idx * per + k;
+        const z = (cache.mean[j] + Math.exp(0.5 * cache.logvar[j]) * rng.normal()) * sf;
+        const e = rng.normal();
+        noise[b * per + k] = e;
+        noisy[b * per + k] = sa * z + sb * e;
+      }
+    }
+    return { noisy, noise, t, ids: tokens.batch(captions), w };
+  }, async (step) => {
+    if (!cfg.evalEvery || (step % cfg.evalEvery !== 0 && step !== cfg.unet.steps)) return;
+    const ema = trainer.emaStores();
+    const model = samplerModelFromStores({
+      text: ema.get(text)!, unet: ema.get(unet)!, vae, textConfig: a.text, unetConfig: a.unet, vaeConfig: a.vae,
+    });
+    const t1 = performance.now();
+    const r = await evaluateModel(model, { prompts: cfg.evalPrompts, steps: 20, guidance: 5, batch: 8, varietyPrompts: 0, threads: cfg.threads });
+    log({ phase: 'eval', step, ...r, texturesPerPrompt: undefined, varietySeeds: undefined, seconds: Math.round((performance.now() - t1) / 1000) });
+  });
+  const ema = trainer.emaStores();
+  return { text: ema.get(text)!, unet: ema.get(unet)! };
+}
+
+// ---------------------------------------------------------------- all phases
+
+export async function trainShapesModel(cfg: TrainConfig, log: LogFn): Promise<void> {
+  mkdirSync(cfg.workDir, { recursive: true });
+  const a0 = parseArch(cfg.arch);
+  const t0 = performance.now();
+  log({ phase: 'start', config: cfg });
+  const vae = await trainVaePhase(cfg, a0, log);
+  const cache = await encodePhase(cfg, a0, vae, log);
+  const a = parseArch(cfg.arch, cache.scalingFactor);
+  const { text, unet } = await trainUnetPhase(cfg, a, vae, cache, log);
+  const tmp = `${cfg.outDir}.partial`;
+  rmSync(tmp, { recursive: true, force: true });
+  exportDiffusers(tmp, { arch: cfg.arch, scalingFactor: cache.scalingFactor, vae, text, unet });
+  replaceDir(tmp, cfg.outDir);
+  log({ phase: 'done', seconds: Math.round((performance.now() - t0) / 1000), out: cfg.outDir });
+}
+
+/** Moves the model files from `from` into `to` (other files in `to`, e.g. TRAINING.md, stay). */
+function replaceDir(from: string, to: string): void {
+  mkdirSync(to, { recursive: true });
+  for (const sub of ['model_index.json', 'unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler']) {
+    const dst = join(to, sub);
+    rmSync(dst, { recursive: true, force: true });
+    renameSync(join(from, sub), dst);
+  }
+  rmSync(from, { recursive: true, force: true });
+}

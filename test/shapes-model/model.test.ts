@@ -1,0 +1,48 @@
+// The shipped model (models/shapes), when present: documented layout and sizes, and a small
+// version of the prompt-following evaluation (npm run eval -- shapes runs the full one).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { loadCheckpoint } from '../../src/io/checkpoint.ts';
+import { SHAPES_ARCH, unetConfigJson } from '../../src/shapes-model/config.ts';
+import { evaluateModel } from '../../src/shapes-model/evaluate.ts';
+import { loadSamplerModel } from '../../src/shapes-model/sample.ts';
+
+const DIR = join(import.meta.dirname, '..', '..', 'models', 'shapes');
+const present = existsSync(join(DIR, 'unet', 'diffusion_pytorch_model.safetensors'));
+
+function folderBytes(dir: string): number {
+  let n = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    n += e.isDirectory() ? folderBytes(p) : statSync(p).size;
+  }
+  return n;
+}
+
+test('models/shapes is a diffusers SD 1.x folder under 40 MB', { skip: !present && 'models/shapes not trained yet' }, () => {
+  assert.ok(folderBytes(DIR) < 40 * 1024 * 1024, `${folderBytes(DIR)} bytes`);
+  const ck = loadCheckpoint(DIR);
+  assert.equal(ck.layout, 'diffusers');
+  assert.equal(ck.family, 'sd1');
+  assert.equal(ck.textEncoderConfig.vocab_size, 49408);
+  assert.equal(ck.textEncoderConfig.max_position_embeddings, 77);
+  assert.equal(ck.unetConfig.cross_attention_dim, ck.textEncoderConfig.hidden_size);
+  assert.equal(ck.vaeConfig.latent_channels, 4);
+  assert.deepEqual(ck.unetConfig.block_out_channels, unetConfigJson(SHAPES_ARCH).block_out_channels);
+  assert.ok(ck.vaeConfig.scaling_factor > 0 && ck.vaeConfig.scaling_factor !== 0.18215);
+  for (const f of ['vocab.json', 'merges.txt', 'tokenizer_config.json', 'special_tokens_map.json']) {
+    assert.ok(existsSync(join(DIR, 'tokenizer', f)), f);
+  }
+  assert.ok(existsSync(join(DIR, 'TRAINING.md')));
+});
+
+test('models/shapes follows prompts (16 seeded prompts, relaxed thresholds)', { skip: !present && 'models/shapes not trained yet' }, async () => {
+  const r = await evaluateModel(loadSamplerModel(DIR), { prompts: 16, steps: 15, batch: 8, varietyPrompts: 0 });
+  assert.ok(r.color >= 0.6, `color ${r.color}`);
+  assert.ok(r.position >= 0.6, `position ${r.position}`);
+  assert.ok(r.background >= 0.6, `background ${r.background}`);
+  assert.ok(r.shape >= 0.4, `shape ${r.shape}`);
+  assert.ok(r.textures >= 2, `textures ${JSON.stringify(r.textureCounts)}`);
+});
