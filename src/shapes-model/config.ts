@@ -164,26 +164,44 @@ export function unetConfigJson(a: ArchSpec): Record<string, unknown> {
   };
 }
 
-/** SD 1.5's scheduler config (PNDM, scaled_linear betas 0.00085–0.012 over 1000 steps). */
-export function schedulerConfigJson(): Record<string, unknown> {
-  return {
-    _class_name: 'PNDMScheduler',
+/** What the UNet predicts, and whether the noise schedule ends at zero signal. */
+export interface DiffusionSpec {
+  prediction: 'epsilon' | 'v_prediction';
+  /**
+   * Rescale SD's betas so that the last timestep has exactly zero signal (Lin et al. 2024,
+   * "Common diffusion noise schedules and sample steps are flawed"); needs v-prediction and
+   * trailing timestep spacing, and a DDIM scheduler (PNDM has no such option).
+   */
+  zeroTerminalSnr: boolean;
+}
+
+/** Stable Diffusion 1.x: epsilon prediction on SD's own schedule. */
+export const SD1_DIFFUSION: DiffusionSpec = { prediction: 'epsilon', zeroTerminalSnr: false };
+
+/**
+ * The scheduler config: SD 1.5's (PNDM, scaled_linear betas 0.00085–0.012 over 1000 steps)
+ * for epsilon models; for zero-terminal-SNR v-prediction models the same betas rescaled,
+ * with DDIM and trailing spacing (diffusers' recommended settings for such models).
+ */
+export function schedulerConfigJson(d: DiffusionSpec = SD1_DIFFUSION): Record<string, unknown> {
+  const common = {
     _diffusers_version: DIFFUSERS_VERSION,
     beta_end: 0.012,
     beta_schedule: 'scaled_linear',
     beta_start: 0.00085,
     clip_sample: false,
     num_train_timesteps: 1000,
-    prediction_type: 'epsilon',
+    prediction_type: d.prediction,
     set_alpha_to_one: false,
-    skip_prk_steps: true,
-    steps_offset: 1,
-    timestep_spacing: 'leading',
     trained_betas: null,
   };
+  if (!d.zeroTerminalSnr) {
+    return { _class_name: 'PNDMScheduler', ...common, skip_prk_steps: true, steps_offset: 1, timestep_spacing: 'leading' };
+  }
+  return { _class_name: 'DDIMScheduler', ...common, rescale_betas_zero_snr: true, steps_offset: 0, timestep_spacing: 'trailing' };
 }
 
-export function modelIndexJson(): Record<string, unknown> {
+export function modelIndexJson(d: DiffusionSpec = SD1_DIFFUSION): Record<string, unknown> {
   return {
     _class_name: 'StableDiffusionPipeline',
     _diffusers_version: DIFFUSERS_VERSION,
@@ -191,7 +209,7 @@ export function modelIndexJson(): Record<string, unknown> {
     image_encoder: [null, null],
     requires_safety_checker: false,
     safety_checker: [null, null],
-    scheduler: ['diffusers', 'PNDMScheduler'],
+    scheduler: ['diffusers', schedulerConfigJson(d)._class_name],
     text_encoder: ['transformers', 'CLIPTextModel'],
     tokenizer: ['transformers', 'CLIPTokenizer'],
     unet: ['diffusers', 'UNet2DConditionModel'],

@@ -5,7 +5,7 @@ import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeSafetensors, type TensorToWrite } from '../io/safetensors.ts';
-import type { ArchSpec } from './config.ts';
+import { type ArchSpec, type DiffusionSpec, SD1_DIFFUSION } from './config.ts';
 import { modelIndexJson, schedulerConfigJson, textConfigJson, unetConfigJson, vaeConfigJson } from './config.ts';
 import type { ParamStore } from './params.ts';
 
@@ -28,6 +28,7 @@ function writeJson(path: string, v: unknown): void {
 
 export interface ExportInput {
   arch: ArchSpec;
+  diffusion?: DiffusionSpec;
   scalingFactor: number;
   vae: ParamStore;
   text: ParamStore;
@@ -37,13 +38,13 @@ export interface ExportInput {
 export function exportDiffusers(dir: string, m: ExportInput): void {
   for (const sub of ['unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler']) mkdirSync(join(dir, sub), { recursive: true });
   const meta = { format: 'pt' };
-  writeJson(join(dir, 'model_index.json'), modelIndexJson());
+  writeJson(join(dir, 'model_index.json'), modelIndexJson(m.diffusion ?? SD1_DIFFUSION));
   writeJson(join(dir, 'unet', 'config.json'), unetConfigJson(m.arch));
   writeSafetensors(join(dir, 'unet', 'diffusion_pytorch_model.safetensors'), tensors(m.unet), meta);
   writeJson(join(dir, 'vae', 'config.json'), vaeConfigJson(m.arch, m.scalingFactor));
   writeSafetensors(join(dir, 'vae', 'diffusion_pytorch_model.safetensors'), tensors(m.vae), meta);
   writeJson(join(dir, 'text_encoder', 'config.json'), textConfigJson(m.arch));
   writeSafetensors(join(dir, 'text_encoder', 'model.safetensors'), tensors(m.text), meta);
-  writeJson(join(dir, 'scheduler', 'scheduler_config.json'), schedulerConfigJson());
+  writeJson(join(dir, 'scheduler', 'scheduler_config.json'), schedulerConfigJson(m.diffusion ?? SD1_DIFFUSION));
   for (const f of TOKENIZER_FILES) copyFileSync(join(TOKENIZER_SOURCE, f), join(dir, 'tokenizer', f));
 }

@@ -13,7 +13,7 @@ import { DDIMScheduler } from '../schedulers/index.ts';
 import { Rng, type RgbImage } from '../shapes/index.ts';
 import { CaptionTokens, toImage } from './data.ts';
 import { SEQ_LEN } from './graphs.ts';
-import { schedulerConfigJson } from './config.ts';
+import { type DiffusionSpec, schedulerConfigJson } from './config.ts';
 
 export interface SamplerModel {
   text: WeightSet;
@@ -138,6 +138,8 @@ export async function sampleImages(m: SamplerModel, prompts: readonly string[], 
 export function samplerModelFromStores(p: {
   text: WeightSet; unet: WeightSet; vae: WeightSet;
   textConfig: CLIPTextConfig; unetConfig: UNetConfig; vaeConfig: VAEConfig;
+  diffusion?: DiffusionSpec;
 }): SamplerModel {
-  return { ...p, schedulerConfig: schedulerConfigJson(), tokenizer: CLIPTokenizer.bundled() };
+  const { diffusion, ...rest } = p;
+  return { ...rest, schedulerConfig: schedulerConfigJson(diffusion), tokenizer: CLIPTokenizer.bundled() };
 }

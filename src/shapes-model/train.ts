@@ -15,7 +15,7 @@ import { vaeEncode } from '../models/vae.ts';
 import { compile } from '../runtime/session.ts';
 import { DDPMScheduler } from '../schedulers/index.ts';
 import { type Attrs, randomAttributes, render, Rng } from '../shapes/index.ts';
-import { type ArchSpec, parseArch, type ParsedArch, schedulerConfigJson } from './config.ts';
+import { type ArchSpec, type DiffusionSpec, parseArch, type ParsedArch, schedulerConfigJson, SD1_DIFFUSION } from './config.ts';
 import { CaptionTokens, objectWeights, renderSet, toPixels, trainingCaption } from './data.ts';
 import { exportDiffusers } from './export.ts';
 import { unetStepGraph, vaeStepGraph } from './graphs.ts';
@@ -38,6 +38,16 @@ export interface TrainConfig {
   vae: PhaseConfig & { klWeight: number };
   /** Images in the latent cache the UNet trains on. */
   datasetImages: number;
+  /**
+   * Standard deviation of the latents the UNet sees: scaling_factor = latentScale / std(z).
+   * Stable Diffusion scales to std ≈ 1; a smaller scale lowers the signal-to-noise ratio at
+   * every timestep. With std 1 the layout (background, position) of this small 16×16 latent
+   * still shows through the noise at t ≈ 960, so the UNet learned to read it from the noise
+   * instead of from the prompt and sampling from pure noise ignored position and background.
+   */
+  latentScale: number;
+  /** Prediction target and noise schedule (SD 1.x: epsilon on SD's betas). */
+  diffusion: DiffusionSpec;
   unet: PhaseConfig & { minSnrGamma: number; emaDecay: number };
   /** Checkpoint every this many steps (both phases). */
   checkpointEvery: number;
@@ -58,6 +68,8 @@ export const FULL_RECIPE: Omit<TrainConfig, 'arch' | 'workDir' | 'outDir'> = {
   seed: 0,
   vae: { steps: 1200, batch: 16, lr: 1e-3, warmupSteps: 50, klWeight: 1e-4 },
   datasetImages: 30000,
+  latentScale: 0.4,
+  diffusion: SD1_DIFFUSION,
   unet: { steps: 4000, batch: 32, lr: 1e-3, warmupSteps: 200, minSnrGamma: 5, emaDecay: 0.998 },
   checkpointEvery: 100,
   logEvery: 10,
@@ -165,7 +177,8 @@ export interface LatentCache {
   attrs: Attrs[];
   mean: Float32Array;
   logvar: Float32Array;
-  scalingFactor: number;
+  /** 1 / std of latents sampled from the posterior (SD's recipe for its scaling factor). */
+  unitScalingFactor: number;
 }
 
 export async function encodePhase(cfg: TrainConfig, a: ParsedArch, vae: ParamStore, log: LogFn): Promise<LatentCache> {
@@ -177,7 +190,7 @@ export async function encodePhase(cfg: TrainConfig, a: ParsedArch, vae: ParamSto
       attrs: JSON.parse(f.metadata.attrs) as Attrs[],
       mean: f.readFloat32('mean'),
       logvar: f.readFloat32('logvar'),
-      scalingFactor: Number(f.metadata.scaling_factor),
+      unitScalingFactor: Number(f.metadata.unit_scaling_factor ?? f.metadata.scaling_factor),
     };
   }
   const N = cfg.datasetImages;
@@ -212,21 +225,21 @@ export async function encodePhase(cfg: TrainConfig, a: ParsedArch, vae: ParamSto
   }
   const mu = sum / mean.length;
   const std = Math.sqrt(sum2 / mean.length - mu * mu);
-  const scalingFactor = Number((1 / std).toPrecision(5));
+  const unitScalingFactor = Number((1 / std).toPrecision(5));
   let meanStd = 0;
   for (let i = 0; i < logvar.length; i++) meanStd += Math.exp(0.5 * logvar[i]);
   log({ phase: 'encode', images: N, latentMean: Number(mu.toPrecision(4)), latentStd: Number(std.toPrecision(4)),
-    posteriorStd: Number((meanStd / logvar.length).toPrecision(4)), scalingFactor, seconds: Math.round((performance.now() - t0) / 1000) });
+    posteriorStd: Number((meanStd / logvar.length).toPrecision(4)), unitScalingFactor, seconds: Math.round((performance.now() - t0) / 1000) });
   writeSafetensors(path, {
     mean: { dtype: 'F32', shape: [N, 4, s, s], data: mean },
     logvar: { dtype: 'F32', shape: [N, 4, s, s], data: logvar },
-  }, { attrs: JSON.stringify(data.attrs), scaling_factor: String(scalingFactor) });
-  return { attrs: data.attrs, mean, logvar, scalingFactor };
+  }, { attrs: JSON.stringify(data.attrs), unit_scaling_factor: String(unitScalingFactor) });
+  return { attrs: data.attrs, mean, logvar, unitScalingFactor };
 }
 
 // ---------------------------------------------------------------- phase 3: UNet + text encoder
 
-export async function trainUnetPhase(cfg: TrainConfig, a: ParsedArch, vae: ParamStore, cache: LatentCache, log: LogFn): Promise<{ text: ParamStore; unet: ParamStore }> {
+export async function trainUnetPhase(cfg: TrainConfig, a: ParsedArch, vae: ParamStore, cache: LatentCache, sf: number, log: LogFn): Promise<{ text: ParamStore; unet: ParamStore }> {
   const text = initText(a, cfg.seed);
   const unet = initUnet(a, cfg.seed);
   const B = cfg.unet.batch;
@@ -237,17 +250,17 @@ export async function trainUnetPhase(cfg: TrainConfig, a: ParsedArch, vae: Param
     trainer.loadCheckpoint(ckpt);
     log({ phase: 'unet', note: `resumed at step ${trainer.step}` });
   }
-  const ac = new DDPMScheduler(schedulerConfigJson()).alphasCumprod;
+  const ac = new DDPMScheduler(schedulerConfigJson(cfg.diffusion)).alphasCumprod;
+  const vPred = cfg.diffusion.prediction === 'v_prediction';
   const s = a.latentSize;
   const per = 4 * s * s;
   const N = cache.attrs.length;
   const tokens = new CaptionTokens();
-  const sf = cache.scalingFactor;
   const gamma = cfg.unet.minSnrGamma;
   await runPhase('unet', trainer, cfg.unet.steps, cfg, ckpt, log, (step) => {
     const rng = new Rng(`unet:${cfg.seed}:${step}`);
     const noisy = new Float32Array(B * per);
-    const noise = new Float32Array(B * per);
+    const target = new Float32Array(B * per);
     const t = new Float32Array(B);
     const w = new Float32Array(B);
     const captions: string[] = [];
@@ -259,22 +272,24 @@ export async function trainUnetPhase(cfg: TrainConfig, a: ParsedArch, vae: Param
       const abar = ac[ti];
       const sa = Math.sqrt(abar);
       const sb = Math.sqrt(1 - abar);
-      const snr = abar / (1 - abar);
-      w[b] = gamma > 0 ? Math.min(snr, gamma) / snr : 1;
+      const snr = (cfg.latentScale ** 2 * abar) / (1 - abar); // of the scaled latents
+      // min-SNR-γ weights (Hang et al. 2023): ε-loss min(SNR, γ)/SNR; for the v-loss, whose
+      // implicit weight is SNR + 1, min(SNR + 1, γ)/(SNR + 1), which stays 1 at zero SNR.
+      w[b] = gamma <= 0 ? 1 : vPred ? Math.min(snr + 1, gamma) / (snr + 1) : Math.min(snr, gamma) / snr;
       for (let k = 0; k < per; k++) {
         const j = idx * per + k;
         const z = (cache.mean[j] + Math.exp(0.5 * cache.logvar[j]) * rng.normal()) * sf;
         const e = rng.normal();
-        noise[b * per + k] = e;
+        target[b * per + k] = vPred ? sa * e - sb * z : e;
         noisy[b * per + k] = sa * z + sb * e;
       }
     }
-    return { noisy, noise, t, ids: tokens.batch(captions), w };
+    return { noisy, target, t, ids: tokens.batch(captions), w };
   }, async (step) => {
     if (!cfg.evalEvery || (step % cfg.evalEvery !== 0 && step !== cfg.unet.steps)) return;
     const ema = trainer.emaStores();
     const model = samplerModelFromStores({
-      text: ema.get(text)!, unet: ema.get(unet)!, vae, textConfig: a.text, unetConfig: a.unet, vaeConfig: a.vae,
+      text: ema.get(text)!, unet: ema.get(unet)!, vae, textConfig: a.text, unetConfig: a.unet, vaeConfig: a.vae, diffusion: cfg.diffusion,
     });
     const t1 = performance.now();
     const r = await evaluateModel(model, { prompts: cfg.evalPrompts, steps: 20, guidance: 5, batch: 8, varietyPrompts: 0, threads: cfg.threads });
@@ -293,11 +308,13 @@ export async function trainShapesModel(cfg: TrainConfig, log: LogFn): Promise<vo
   log({ phase: 'start', config: cfg });
   const vae = await trainVaePhase(cfg, a0, log);
   const cache = await encodePhase(cfg, a0, vae, log);
-  const a = parseArch(cfg.arch, cache.scalingFactor);
-  const { text, unet } = await trainUnetPhase(cfg, a, vae, cache, log);
+  const scalingFactor = Number((cfg.latentScale * cache.unitScalingFactor).toPrecision(5));
+  log({ phase: 'latents', unitScalingFactor: cache.unitScalingFactor, latentScale: cfg.latentScale, scalingFactor });
+  const a = parseArch(cfg.arch, scalingFactor);
+  const { text, unet } = await trainUnetPhase(cfg, a, vae, cache, scalingFactor, log);
   const tmp = `${cfg.outDir}.partial`;
   rmSync(tmp, { recursive: true, force: true });
-  exportDiffusers(tmp, { arch: cfg.arch, scalingFactor: cache.scalingFactor, vae, text, unet });
+  exportDiffusers(tmp, { arch: cfg.arch, diffusion: cfg.diffusion, scalingFactor, vae, text, unet });
   replaceDir(tmp, cfg.outDir);
   log({ phase: 'done', seconds: Math.round((performance.now() - t0) / 1000), out: cfg.outDir });
 }

@@ -28,7 +28,7 @@ test('a UNet + text-encoder step lowers the loss on its batch and trains every w
   const tok = new CaptionTokens();
   const batch = {
     noisy: normals('x', B * 4 * s * s),
-    noise: normals('n', B * 4 * s * s),
+    target: normals('n', B * 4 * s * s),
     t: Float32Array.from([10, 300, 600, 900]),
     ids: tok.batch(['a red star', 'a blue circle on black', '', 'a small ring at the top left']),
     w: new Float32Array(B).fill(1),
