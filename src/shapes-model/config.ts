@@ -178,6 +178,9 @@ export interface DiffusionSpec {
 /** Stable Diffusion 1.x: epsilon prediction on SD's own schedule. */
 export const SD1_DIFFUSION: DiffusionSpec = { prediction: 'epsilon', zeroTerminalSnr: false };
 
+/** v-prediction on SD's betas rescaled to zero terminal SNR (the shapes model). */
+export const ZERO_SNR_V_DIFFUSION: DiffusionSpec = { prediction: 'v_prediction', zeroTerminalSnr: true };
+
 /**
  * The scheduler config: SD 1.5's (PNDM, scaled_linear betas 0.00085–0.012 over 1000 steps)
  * for epsilon models; for zero-terminal-SNR v-prediction models the same betas rescaled,

@@ -90,6 +90,27 @@ function backgroundOf(pixels: Float32Array, base: number, size: number): number[
   return best.rgb;
 }
 
+/**
+ * Fraction of object pixels (see objectWeights) in each latent cell: [n, size/f, size/f] for
+ * a VAE down factor f, as bytes (0–255).
+ */
+export function latentObjectFraction(pixels: Float32Array, n: number, size: number, f: number): Uint8Array {
+  const s = size / f;
+  const out = new Uint8Array(n * s * s);
+  for (let i = 0; i < n; i++) {
+    const w = objectWeights(pixels.subarray(i * 3 * size * size, (i + 1) * 3 * size * size), 1, size);
+    const lo = Math.min(...w);
+    for (let y = 0; y < s; y++) {
+      for (let x = 0; x < s; x++) {
+        let c = 0;
+        for (let dy = 0; dy < f; dy++) for (let dx = 0; dx < f; dx++) if (w[(y * f + dy) * size + x * f + dx] > lo) c++;
+        out[i * s * s + y * s + x] = Math.round((255 * c) / (f * f));
+      }
+    }
+  }
+  return out;
+}
+
 /** `n` random renders (random attributes and jitter), reproducible from `seed`. */
 export function renderSet(n: number, seed: number, size = IMAGE_SIZE): RenderedSet {
   const rng = new Rng(`shapes-data:${seed}`);
@@ -125,8 +146,11 @@ export class CaptionTokens {
   }
 }
 
+/** Probability that a (non-empty) training caption names the texture by its made-up word. */
+export const TEXTURE_WORD_PROB = 0.5;
+
 /** A training caption for `attrs`: empty with EMPTY_CAPTION_PROB, else a random wording. */
-export function trainingCaption(attrs: Attrs, rng: Rng): string {
+export function trainingCaption(attrs: Attrs, rng: Rng, textureWordProb = TEXTURE_WORD_PROB): string {
   if (rng.chance(EMPTY_CAPTION_PROB)) return '';
-  return captionFor(attrs, rng);
+  return captionFor(attrs, rng, { textureWordProb });
 }

@@ -66,8 +66,8 @@ export function vaeStepGraph(a: ParsedArch, vae: ParamStore, batch: number, klWe
 /**
  * UNet + text-encoder step (DDPM objective): noisy latents [B,4,h,w], the target (the noise
  * ε for epsilon prediction, or v = √ᾱ·ε − √(1−ᾱ)·x₀), timesteps [B] (float), token ids
- * [B,77] and per-sample loss weights [B] (min-SNR) → loss = mean_b w_b · mean (pred − target)²;
- * `mse` is the unweighted error, for the log.
+ * [B,77] and loss weights [B,1,h,w] (min-SNR per sample × more weight on the object than on
+ * the plain background) → loss = mean w · (pred − target)²; `mse` is the unweighted error.
  */
 export function unetStepGraph(a: ParsedArch, text: ParamStore, unet: ParamStore, batch: number): StepGraph {
   const g = new Graph();
@@ -76,14 +76,14 @@ export function unetStepGraph(a: ParsedArch, text: ParamStore, unet: ParamStore,
   const target = g.input('target', [batch, 4, s, s]);
   const t = g.input('t', [batch]);
   const ids = g.input('ids', [batch, SEQ_LEN], 'int64');
-  const w = g.input('w', [batch]);
+  const w = g.input('w', [batch, 1, s, s]);
   const tp = new TrainParams(g, text, 'text_encoder/');
   const up = new TrainParams(g, unet, 'unet/');
   const ctx = clipTextEncoder(tp.scope('text_model'), a.text, ids);
   const pred = unet2DCondition(up, a.unet, noisy, t, ctx);
   const d = o.sub(pred, target);
-  const perSample = o.reduceMean(o.mul(d, d), [1, 2, 3]);
-  const loss = o.reduceMean(o.mul(perSample, w));
-  const mse = o.reduceMean(perSample);
+  const sq = o.mul(d, d);
+  const loss = o.reduceMean(o.mul(sq, w));
+  const mse = o.reduceMean(sq);
   return withGrads(loss, { mse }, [{ p: tp, store: text }, { p: up, store: unet }], [noisy, target, t, ids, w]);
 }

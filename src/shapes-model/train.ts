@@ -15,8 +15,9 @@ import { vaeEncode } from '../models/vae.ts';
 import { compile } from '../runtime/session.ts';
 import { DDPMScheduler } from '../schedulers/index.ts';
 import { type Attrs, randomAttributes, render, Rng } from '../shapes/index.ts';
-import { type ArchSpec, type DiffusionSpec, parseArch, type ParsedArch, schedulerConfigJson, SD1_DIFFUSION } from './config.ts';
-import { CaptionTokens, objectWeights, renderSet, toPixels, trainingCaption } from './data.ts';
+import { type ArchSpec, type DiffusionSpec, parseArch, type ParsedArch, schedulerConfigJson, ZERO_SNR_V_DIFFUSION } from './config.ts';
+import { CaptionTokens, latentObjectFraction, objectWeights, renderSet, TEXTURE_WORD_PROB, toPixels, trainingCaption } from './data.ts';
+import { textDependence } from './text-dependence.ts';
 import { exportDiffusers } from './export.ts';
 import { unetStepGraph, vaeStepGraph } from './graphs.ts';
 import { initText, initUnet, initVae } from './init.ts';
@@ -46,6 +47,14 @@ export interface TrainConfig {
    * instead of from the prompt and sampling from pure noise ignored position and background.
    */
   latentScale: number;
+  /**
+   * Loss weight of latent cells covered by the object relative to the plain background
+   * (the Bayes-optimal prediction of every cell is unchanged; the small object simply
+   * counts more, so colour, shape and position are learned sooner).
+   */
+  objectWeight: number;
+  /** Probability that a training caption names the texture by its made-up word. */
+  textureWordProb: number;
   /** Prediction target and noise schedule (SD 1.x: epsilon on SD's betas). */
   diffusion: DiffusionSpec;
   unet: PhaseConfig & { minSnrGamma: number; emaDecay: number };
@@ -66,14 +75,16 @@ export interface TrainConfig {
 
 export const FULL_RECIPE: Omit<TrainConfig, 'arch' | 'workDir' | 'outDir'> = {
   seed: 0,
-  vae: { steps: 1200, batch: 16, lr: 1e-3, warmupSteps: 50, klWeight: 1e-4 },
-  datasetImages: 30000,
+  vae: { steps: 800, batch: 16, lr: 1e-3, warmupSteps: 50, klWeight: 1e-4 },
+  datasetImages: 20000,
   latentScale: 0.4,
-  diffusion: SD1_DIFFUSION,
-  unet: { steps: 4000, batch: 32, lr: 1e-3, warmupSteps: 200, minSnrGamma: 5, emaDecay: 0.998 },
+  objectWeight: 4,
+  textureWordProb: TEXTURE_WORD_PROB,
+  diffusion: ZERO_SNR_V_DIFFUSION,
+  unet: { steps: 3600, batch: 32, lr: 1e-3, warmupSteps: 200, minSnrGamma: 5, emaDecay: 0.998 },
   checkpointEvery: 100,
   logEvery: 10,
-  evalEvery: 1000,
+  evalEvery: 600,
   evalPrompts: 24,
 };
 
@@ -179,6 +190,8 @@ export interface LatentCache {
   logvar: Float32Array;
   /** 1 / std of latents sampled from the posterior (SD's recipe for its scaling factor). */
   unitScalingFactor: number;
+  /** Per latent cell, the fraction of object pixels (0–255): [N, h, w]. */
+  object: Uint8Array;
 }
 
 export async function encodePhase(cfg: TrainConfig, a: ParsedArch, vae: ParamStore, log: LogFn): Promise<LatentCache> {
@@ -186,11 +199,15 @@ export async function encodePhase(cfg: TrainConfig, a: ParsedArch, vae: ParamSto
   if (existsSync(path)) {
     const f = SafetensorsFile.open(path);
     log({ phase: 'encode', note: `loaded latent cache from ${path}` });
+    const attrs = JSON.parse(f.metadata.attrs) as Attrs[];
+    // Caches written before object fractions were stored: the renders are reproducible.
+    const object = f.has('object') ? (f.read('object') as Uint8Array) : objectFractions(cfg, a, attrs.length);
     return {
-      attrs: JSON.parse(f.metadata.attrs) as Attrs[],
+      attrs,
       mean: f.readFloat32('mean'),
       logvar: f.readFloat32('logvar'),
       unitScalingFactor: Number(f.metadata.unit_scaling_factor ?? f.metadata.scaling_factor),
+      object,
     };
   }
   const N = cfg.datasetImages;
@@ -204,6 +221,7 @@ export async function encodePhase(cfg: TrainConfig, a: ParsedArch, vae: ParamSto
   const enc = await compile({ mean: dist.mean, logvar: dist.logvar }, { weights: 'feed', threads: cfg.threads });
   const t0 = performance.now();
   const data = renderSet(N, cfg.seed, S);
+  const object = latentObjectFraction(data.pixels, N, S, S / s);
   const mean = new Float32Array(N * per);
   const logvar = new Float32Array(N * per);
   for (let i = 0; i < N; i += chunk) {
@@ -233,8 +251,22 @@ export async function encodePhase(cfg: TrainConfig, a: ParsedArch, vae: ParamSto
   writeSafetensors(path, {
     mean: { dtype: 'F32', shape: [N, 4, s, s], data: mean },
     logvar: { dtype: 'F32', shape: [N, 4, s, s], data: logvar },
+    object: { dtype: 'U8', shape: [N, s, s], data: object },
   }, { attrs: JSON.stringify(data.attrs), unit_scaling_factor: String(unitScalingFactor) });
-  return { attrs: data.attrs, mean, logvar, unitScalingFactor };
+  return { attrs: data.attrs, mean, logvar, unitScalingFactor, object };
+}
+
+function objectFractions(cfg: TrainConfig, a: ParsedArch, n: number): Uint8Array {
+  const S = a.arch.imageSize;
+  const out = new Uint8Array(n * a.latentSize ** 2);
+  const chunk = 1000;
+  // renderSet draws images one after another from one generator: render all, in chunks of masks.
+  const data = renderSet(n, cfg.seed, S);
+  for (let i = 0; i < n; i += chunk) {
+    const m = Math.min(chunk, n - i);
+    out.set(latentObjectFraction(data.pixels.subarray(i * 3 * S * S, (i + m) * 3 * S * S), m, S, S / a.latentSize), i * a.latentSize ** 2);
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------- phase 3: UNet + text encoder
@@ -257,16 +289,20 @@ export async function trainUnetPhase(cfg: TrainConfig, a: ParsedArch, vae: Param
   const N = cache.attrs.length;
   const tokens = new CaptionTokens();
   const gamma = cfg.unet.minSnrGamma;
+  // The text-dependence probe: the last 64 cached images, posterior means, scaled.
+  const probeN = Math.min(64, N - (N % 16));
+  const probe = { attrs: cache.attrs.slice(N - probeN), latents: cache.mean.slice((N - probeN) * per).map((v) => v * sf) };
   await runPhase('unet', trainer, cfg.unet.steps, cfg, ckpt, log, (step) => {
     const rng = new Rng(`unet:${cfg.seed}:${step}`);
     const noisy = new Float32Array(B * per);
     const target = new Float32Array(B * per);
     const t = new Float32Array(B);
-    const w = new Float32Array(B);
+    const ss = s * s;
+    const w = new Float32Array(B * ss);
     const captions: string[] = [];
     for (let b = 0; b < B; b++) {
       const idx = rng.int(N);
-      captions.push(trainingCaption(cache.attrs[idx], rng));
+      captions.push(trainingCaption(cache.attrs[idx], rng, cfg.textureWordProb));
       const ti = rng.int(ac.length);
       t[b] = ti;
       const abar = ac[ti];
@@ -275,7 +311,11 @@ export async function trainUnetPhase(cfg: TrainConfig, a: ParsedArch, vae: Param
       const snr = (cfg.latentScale ** 2 * abar) / (1 - abar); // of the scaled latents
       // min-SNR-γ weights (Hang et al. 2023): ε-loss min(SNR, γ)/SNR; for the v-loss, whose
       // implicit weight is SNR + 1, min(SNR + 1, γ)/(SNR + 1), which stays 1 at zero SNR.
-      w[b] = gamma <= 0 ? 1 : vPred ? Math.min(snr + 1, gamma) / (snr + 1) : Math.min(snr, gamma) / snr;
+      const wt = gamma <= 0 ? 1 : vPred ? Math.min(snr + 1, gamma) / (snr + 1) : Math.min(snr, gamma) / snr;
+      // Spatial weights, mean 1 over the image: object cells count objectWeight times more.
+      let sum = 0;
+      for (let k = 0; k < ss; k++) sum += 1 + ((cfg.objectWeight - 1) * cache.object[idx * ss + k]) / 255;
+      for (let k = 0; k < ss; k++) w[b * ss + k] = (wt * ss * (1 + ((cfg.objectWeight - 1) * cache.object[idx * ss + k]) / 255)) / sum;
       for (let k = 0; k < per; k++) {
         const j = idx * per + k;
         const z = (cache.mean[j] + Math.exp(0.5 * cache.logvar[j]) * rng.normal()) * sf;
@@ -293,7 +333,8 @@ export async function trainUnetPhase(cfg: TrainConfig, a: ParsedArch, vae: Param
     });
     const t1 = performance.now();
     const r = await evaluateModel(model, { prompts: cfg.evalPrompts, steps: 20, guidance: 5, batch: 8, varietyPrompts: 0, threads: cfg.threads });
-    log({ phase: 'eval', step, ...r, texturesPerPrompt: undefined, varietySeeds: undefined, seconds: Math.round((performance.now() - t1) / 1000) });
+    const dep = await textDependence(a, ema.get(text)!, ema.get(unet)!, cfg.diffusion, probe, { threads: cfg.threads });
+    log({ phase: 'eval', step, ...r, texturesPerPrompt: undefined, varietySeeds: undefined, textLoss: dep.loss, textGap: dep.gap, seconds: Math.round((performance.now() - t1) / 1000) });
   });
   const ema = trainer.emaStores();
   return { text: ema.get(text)!, unet: ema.get(unet)! };

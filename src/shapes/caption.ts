@@ -1,7 +1,9 @@
-// Plain-English captions for shapes-world images. Attributes are randomly left out so the
-// model learns to fill them in. Textures are never named: the model learns to draw them
-// without having a word for them, which is what textual inversion is then asked to find.
-import type { Attrs, Background, Position } from './attributes.ts';
+// Captions for shapes-world images. Attributes are randomly left out so the model learns to
+// fill them in. Plain English never names a texture; training captions may name it by a
+// made-up word (TEXTURE_NONCE_WORDS), so the model can draw a texture on request while no
+// English description can ask for it — the situation of a real user's concept in Stable
+// Diffusion, and what textual inversion is then asked to find.
+import type { Attrs, Background, Position, Texture } from './attributes.ts';
 import type { Rng } from './random.ts';
 
 export interface CaptionOptions {
@@ -9,7 +11,23 @@ export interface CaptionOptions {
   dropProb?: number;
   /** Probability of replacing the shape noun by "shape" (default 0.1). */
   shapeDropProb?: number;
+  /** Probability of naming the texture by its made-up word (default 0: plain English). */
+  textureWordProb?: number;
 }
+
+/**
+ * Made-up words for the textures, each one token of the CLIP vocabulary with no English
+ * meaning (nonce words from child-language studies). Without some word for texture in
+ * training, no text direction reaches texture at all and no embedding can steer it
+ * (measured: a learned word got texture at chance); these give the model that pathway
+ * while the English vocabulary still lacks it.
+ */
+export const TEXTURE_NONCE_WORDS: { readonly [K in Texture]: string } = {
+  plain: 'taz',
+  striped: 'dax',
+  dotted: 'kiki',
+  checkered: 'zeb',
+};
 
 const POSITION_PHRASES: { readonly [K in Position]: readonly string[] } = {
   'top-left': ['at the top left', 'in the top left corner'],
@@ -43,12 +61,15 @@ export function describe(attrs: Attrs): string {
   return `${nounPhrase([attrs.size, attrs.color, attrs.shape])} ${POSITION_PHRASES[attrs.position][0]} ${BACKGROUND_PHRASES[0](attrs.background)}`;
 }
 
-/** A random caption for `attrs`: random omissions and a few phrasings; never the texture. */
+/** A random caption for `attrs`: random omissions and a few phrasings; the texture only by its made-up word. */
 export function captionFor(attrs: Attrs, rng: Rng, opts: CaptionOptions = {}): string {
   const drop = opts.dropProb ?? 0.3;
   const dropShape = opts.shapeDropProb ?? 0.1;
+  const textureWord = opts.textureWordProb ?? 0;
   const words: string[] = [];
   if (!rng.chance(drop)) words.push(attrs.size);
+  // Drawn only when asked for, so plain-English captions keep their random sequence.
+  if (textureWord > 0 && rng.chance(textureWord)) words.push(TEXTURE_NONCE_WORDS[attrs.texture]);
   if (!rng.chance(drop)) words.push(attrs.color);
   words.push(rng.chance(dropShape) ? 'shape' : attrs.shape);
   const np = nounPhrase(words);

@@ -31,7 +31,7 @@ test('a UNet + text-encoder step lowers the loss on its batch and trains every w
     target: normals('n', B * 4 * s * s),
     t: Float32Array.from([10, 300, 600, 900]),
     ids: tok.batch(['a red star', 'a blue circle on black', '', 'a small ring at the top left']),
-    w: new Float32Array(B).fill(1),
+    w: new Float32Array(B * s * s).fill(1),
   };
   const first = await tr.trainStep(batch);
   let last = first;
