@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { type Attrs, TEXTURES, randomAttributes } from '../../src/shapes/attributes.ts';
-import { article, captionFor, describe } from '../../src/shapes/caption.ts';
+import { article, captionFor, describe, TEXTURE_NONCE_WORDS } from '../../src/shapes/caption.ts';
 import { Rng } from '../../src/shapes/random.ts';
 
 const star: Attrs = { shape: 'star', color: 'red', size: 'small', position: 'top-left', background: 'white', texture: 'striped' };
@@ -58,5 +58,29 @@ test('captions are deterministic for a seed and never mention a wrong value', ()
   for (let i = 0; i < 300; i++) {
     const c = captionFor(star, rng);
     assert.ok(!/\b(large|blue|green|circle|ring|bottom|black|gray|beige)\b/.test(c), c);
+  }
+});
+
+test('training captions may name the texture by its made-up word, and only the right one', () => {
+  const rng = new Rng(5);
+  const words = Object.values(TEXTURE_NONCE_WORDS);
+  assert.equal(new Set(words).size, TEXTURES.length);
+  for (const t of TEXTURES) {
+    const caps = Array.from({ length: 200 }, () => captionFor({ ...star, texture: t }, rng, { textureWordProb: 0.5 }));
+    const named = caps.filter((c) => c.split(' ').includes(TEXTURE_NONCE_WORDS[t])).length;
+    assert.ok(named > 60 && named < 140, `${t}: ${named}/200`);
+    for (const c of caps) for (const w of words) if (w !== TEXTURE_NONCE_WORDS[t]) assert.ok(!c.split(' ').includes(w), c);
+  }
+  assert.equal(captionFor(star, rng, { dropProb: 0, shapeDropProb: 0, textureWordProb: 1 }).split(' ').slice(0, 4).join(' '), 'a small dax red');
+});
+
+test('the made-up texture words are single tokens that no English caption uses', async () => {
+  const { CLIPTokenizer } = await import('../../src/models/clip-tokenizer.ts');
+  const tok = CLIPTokenizer.bundled();
+  for (const w of Object.values(TEXTURE_NONCE_WORDS)) assert.equal(tok.encode(w).length, 1, w);
+  const rng = new Rng(6);
+  for (let i = 0; i < 500; i++) {
+    const c = captionFor(randomAttributes(rng), rng);
+    for (const w of Object.values(TEXTURE_NONCE_WORDS)) assert.ok(!c.split(' ').includes(w), c);
   }
 });
