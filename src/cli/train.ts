@@ -22,6 +22,9 @@ Options (defaults as diffusers' textual_inversion.py unless noted):
                         the vectors token by token, cycling
   --vectors N           vectors per token (default 1)
   --what KIND           object | style: which caption templates to use (default object)
+  --template-file FILE  AUTOMATIC1111 prompt-template file instead: one caption per line with
+                        [name] for the word and [filewords] for the image's caption, read from
+                        a .txt beside each image (cat.png → cat.txt)
   --resolution N        training size (default: the model's native size, 512 for SD 1.5)
   --center-crop         crop to a centred square before resizing
   --flip-p P            probability of a horizontal flip (default 0.5)
@@ -48,7 +51,7 @@ ComfyUI), train-log.jsonl and train-state.safetensors; Ctrl-C saves a checkpoint
 
 const SPEC: Record<string, FlagSpec> = {
   model: { type: 'string' }, images: { type: 'string' }, token: { type: 'string' }, init: { type: 'string' },
-  vectors: { type: 'number' }, what: { type: 'string' }, resolution: { type: 'number' }, 'center-crop': { type: 'boolean' },
+  vectors: { type: 'number' }, what: { type: 'string' }, 'template-file': { type: 'string' }, resolution: { type: 'number' }, 'center-crop': { type: 'boolean' },
   'flip-p': { type: 'number' }, steps: { type: 'number' }, lr: { type: 'string' }, 'scale-lr': { type: 'boolean' },
   'lr-schedule': { type: 'string' }, 'lr-warmup': { type: 'number' }, batch: { type: 'number' }, 'grad-accum': { type: 'number' },
   'max-grad-norm': { type: 'number' }, seed: { type: 'number' }, 'save-every': { type: 'number' },
@@ -85,7 +88,7 @@ export async function trainCommand(argv: string[]): Promise<number> {
       resolution: (f.resolution as number | undefined) ?? defaultSize(sd),
       out: (f.out as string | undefined) ?? join('outputs', `ti-${token.replace(/^<|>$/g, '').replace(/[^\w.-]+/g, '_')}`),
       ...pick(f, {
-        vectors: 'vectors', what: 'what', centerCrop: 'center-crop', flipP: 'flip-p', steps: 'steps', scaleLr: 'scale-lr',
+        vectors: 'vectors', what: 'what', templateFile: 'template-file', centerCrop: 'center-crop', flipP: 'flip-p', steps: 'steps', scaleLr: 'scale-lr',
         batch: 'batch', gradAccum: 'grad-accum', lrSchedule: 'lr-schedule', lrWarmup: 'lr-warmup', maxGradNorm: 'max-grad-norm',
         seed: 'seed', saveEvery: 'save-every',
       }),

@@ -57,3 +57,31 @@ export type ConceptKind = 'object' | 'style';
 export function templatesFor(kind: ConceptKind): readonly string[] {
   return kind === 'style' ? STYLE_TEMPLATES : OBJECT_TEMPLATES;
 }
+
+/**
+ * Reads an AUTOMATIC1111 prompt-template file: one caption per line, `[name]` (or `{}`)
+ * where the learned word goes and optionally `[filewords]` for the image's own caption
+ * (its `.txt` file). Empty lines and `#` comments are skipped.
+ */
+export function readTemplateFile(path: string, text: string): string[] {
+  const lines = text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+  if (lines.length === 0) throw new Error(`${path}: no templates (one caption per line, with [name] where the word goes)`);
+  for (const [i, l] of lines.entries()) {
+    if (!l.includes('[name]') && !l.includes('{}')) throw new Error(`${path}: template "${l}" (line ${i + 1}) has no [name] for the learned word`);
+  }
+  return lines;
+}
+
+/**
+ * One training caption: the word in place of `[name]`/`{}`, the image's caption in place of
+ * `[filewords]` (dangling commas and doubled spaces left by an empty caption are removed).
+ */
+export function fillTrainingTemplate(template: string, word: string, filewords = ''): string {
+  return template
+    .replaceAll('[name]', word)
+    .replace('{}', word)
+    .replaceAll('[filewords]', filewords.trim())
+    .replace(/\s*,\s*(,\s*)+/g, ', ')
+    .replace(/\s+/g, ' ')
+    .replace(/^[\s,]+|[\s,]+$/g, '');
+}

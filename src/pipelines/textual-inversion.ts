@@ -13,7 +13,7 @@ import { adamWState, adamWStep, clipGradNorm, type AdamWState } from '../optim/a
 import { createScheduler, TorchGenerator } from '../schedulers/index.ts';
 import { tokenizeWeighted } from './prompt.ts';
 import { makeSchedule, type ScheduleKind } from './lr-schedule.ts';
-import { templatesFor, type ConceptKind } from './templates.ts';
+import { fillTrainingTemplate, readTemplateFile, templatesFor, type ConceptKind } from './templates.ts';
 import { TrainStep } from './ti-step.ts';
 import type { StableDiffusion } from './stable-diffusion.ts';
 
@@ -23,6 +23,8 @@ export interface TrainOptions {
   init: string;
   vectors: number;
   what: ConceptKind;
+  /** An AUTOMATIC1111 template file ([name], [filewords]) instead of the built-in templates of `what`. */
+  templateFile: string | null;
   resolution: number;
   centerCrop: boolean;
   flipP: number;
@@ -46,6 +48,7 @@ export interface TrainOptions {
 export const TRAIN_DEFAULTS = {
   vectors: 1,
   what: 'object' as ConceptKind,
+  templateFile: null as string | null,
   centerCrop: false,
   flipP: 0.5,
   steps: 3000,
@@ -71,6 +74,8 @@ export class TrainError extends Error {
 /** One training image (and, when flips are on, its mirror), encoded once. */
 interface CachedLatents {
   path: string;
+  /** The image's own caption (its .txt file), for [filewords]. */
+  caption: string;
   mean: Float32Array[];
   std: Float32Array[];
 }
@@ -92,9 +97,16 @@ export interface TrainerState {
 
 const STATE_FILE = 'train-state.safetensors';
 
+/** The caption beside an image (`cat.png` → `cat.txt`), as AUTOMATIC1111 and kohya read it; '' if none. */
+export function captionOf(imagePath: string): string {
+  const txt = imagePath.replace(/\.[^./\\]+$/, '.txt');
+  return existsSync(txt) ? readFileSync(txt, 'utf8').replace(/\s+/g, ' ').trim() : '';
+}
+
+/** Identity of the training set: the images and their captions (a resume must see the same). */
 function hashImages(paths: string[]): string {
   const h = createHash('sha256');
-  for (const p of paths) h.update(readFileSync(p));
+  for (const p of paths) h.update(readFileSync(p)).update(captionOf(p));
   return h.digest('hex').slice(0, 16);
 }
 
@@ -102,7 +114,7 @@ function hashImages(paths: string[]): string {
  * Validates options against the model and the image folder; every problem a user can
  * make is reported here, before any compute.
  */
-export function checkTrainOptions(sd: StableDiffusion, o: TrainOptions): { images: string[]; initIds: number[] } {
+export function checkTrainOptions(sd: StableDiffusion, o: TrainOptions): { images: string[]; initIds: number[]; templates: readonly string[] } {
   const f = sd.vaeFactor;
   if (!/\S/.test(o.token) || /\s/.test(o.token)) throw new TrainError(`--token must be one word without spaces, got "${o.token}"`);
   if (!Number.isInteger(o.vectors) || o.vectors < 1 || o.vectors > 75) throw new TrainError(`--vectors must be a whole number from 1 to 75, got ${o.vectors}`);
@@ -127,7 +139,16 @@ export function checkTrainOptions(sd: StableDiffusion, o: TrainOptions): { image
   if (!existsSync(o.images)) throw new TrainError(`--images ${o.images}: no such folder`);
   const images = listImages(o.images);
   if (images.length === 0) throw new TrainError(`--images ${o.images}: no .jpg, .jpeg, .png or .webp images in this folder`);
-  return { images, initIds };
+  let templates: readonly string[] = templatesFor(o.what);
+  if (o.templateFile) {
+    if (!existsSync(o.templateFile)) throw new TrainError(`--template-file ${o.templateFile}: no such file`);
+    try {
+      templates = readTemplateFile(o.templateFile, readFileSync(o.templateFile, 'utf8'));
+    } catch (e) {
+      throw new TrainError((e as Error).message);
+    }
+  }
+  return { images, initIds, templates };
 }
 
 export class TextualInversionTrainer {
@@ -146,6 +167,7 @@ export class TextualInversionTrainer {
     readonly images: string[],
     readonly imagesHash: string,
     initIds: number[],
+    readonly templates: readonly string[],
   ) {
     const d = sd.hiddenSize;
     const lr = typeof opts.lr === 'number' && opts.scaleLr ? opts.lr * opts.batch * opts.gradAccum : opts.lr;
@@ -163,8 +185,8 @@ export class TextualInversionTrainer {
   }
 
   static async create(sd: StableDiffusion, opts: TrainOptions): Promise<TextualInversionTrainer> {
-    const { images, initIds } = checkTrainOptions(sd, opts);
-    const t = new TextualInversionTrainer(sd, opts, images, hashImages(images), initIds);
+    const { images, initIds, templates } = checkTrainOptions(sd, opts);
+    const t = new TextualInversionTrainer(sd, opts, images, hashImages(images), initIds, templates);
     const learned = sd.addLearnedToken(opts.token, t.state.vectors, opts.vectors);
     if (learned.ids[0] !== sd.vocabSize) throw new TrainError('train: the token to learn must be the first added token');
     await t.encodeImages();
@@ -181,7 +203,7 @@ export class TextualInversionTrainer {
     for (const path of this.images) {
       const chw = await loadTrainingImage(path, { size, centerCrop: this.opts.centerCrop });
       const versions = flips ? [chw, flipHorizontal(chw, size, size)] : [chw];
-      const entry: CachedLatents = { path, mean: [], std: [] };
+      const entry: CachedLatents = { path, caption: captionOf(path), mean: [], std: [] };
       for (const v of versions) {
         const d = await this.sd.vaeEncode(v, [1, 3, size, size]);
         entry.mean.push(d.mean);
@@ -208,8 +230,8 @@ export class TextualInversionTrainer {
     return this.order.shift()!;
   }
 
-  private promptIds(template: string): number[] {
-    const text = template.replace('{}', this.opts.token);
+  private promptIds(template: string, caption = ''): number[] {
+    const text = fillTrainingTemplate(template, this.opts.token, caption);
     const embeddings = new Map([[this.opts.token, this.opts.vectors]]);
     return tokenizeWeighted(this.sd.tokenizer, text, { embeddings, emphasis: false }).chunks[0].ids;
   }
@@ -217,7 +239,7 @@ export class TextualInversionTrainer {
   /** Builds one random batch: ids, noisy latents, timesteps, targets. */
   private sampleBatch() {
     const b = this.opts.batch;
-    const templates = templatesFor(this.opts.what);
+    const templates = this.templates;
     const [ch, h, w] = [this.sd.latentChannels, this.opts.resolution / this.sd.vaeFactor, this.opts.resolution / this.sd.vaeFactor];
     const n = ch * h * w;
     const ids: number[] = [];
@@ -230,7 +252,7 @@ export class TextualInversionTrainer {
       const u = this.gen.rand(2);
       const flip = img.mean.length > 1 && u[0] < this.opts.flipP ? 1 : 0;
       const template = templates[Math.min(templates.length - 1, Math.floor(u[1] * templates.length))];
-      ids.push(...this.promptIds(template));
+      ids.push(...this.promptIds(template, img.caption));
       const eps = this.gen.randn([1, ch, h, w]);
       const mean = img.mean[flip];
       const std = img.std[flip];
@@ -275,7 +297,7 @@ export class TextualInversionTrainer {
   async fixedLoss(samples = 8, seed = 1234): Promise<number> {
     const gen = new TorchGenerator(seed);
     const [ch, h, w] = [this.sd.latentChannels, this.opts.resolution / this.sd.vaeFactor, this.opts.resolution / this.sd.vaeFactor];
-    const templates = templatesFor(this.opts.what);
+    const templates = this.templates;
     const timesteps = Array.from({ length: samples }, (_, i) => Math.floor(((i + 0.5) / samples) * this.noiseScheduler.numTrainTimesteps));
     const fixedStep = this.opts.batch === 1 ? this.step : await TrainStep.create(this.sd, { batch: 1, rows: this.opts.vectors, latent: [ch, h, w] });
     let total = 0;
@@ -286,7 +308,7 @@ export class TextualInversionTrainer {
       const latents = Float32Array.from(img.mean[0], (m, k) => (m + img.std[0][k] * eps[k]) * this.sd.scalingFactor);
       const t = timesteps[i];
       const r = await fixedStep.run({
-        ids: this.promptIds(templates[i % templates.length]),
+        ids: this.promptIds(templates[i % templates.length], img.caption),
         rows: this.state.vectors,
         noisy: this.noiseScheduler.addNoise(latents, noise, [t]),
         t: [t],
