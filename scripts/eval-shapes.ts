@@ -4,7 +4,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { encodePng } from '../src/shapes/index.ts';
-import { evaluateModel } from '../src/shapes-model/evaluate.ts';
+import { analyzerAccuracy, evaluateModel } from '../src/shapes-model/evaluate.ts';
 import { loadSamplerModel } from '../src/shapes-model/sample.ts';
 
 const args = process.argv.slice(2).filter((a) => a !== 'shapes');
@@ -34,4 +34,6 @@ const result = await evaluateModel(model, {
     : undefined,
 });
 if (out) writeFileSync(join(out, 'results.jsonl'), `${lines.join('\n')}\n`);
-process.stdout.write(`${JSON.stringify({ ...result, seconds: Math.round((performance.now() - t0) / 1000) })}\n`);
+// The analyzer's accuracy on renders of the same prompts: what a perfect model would score.
+const analyzer = analyzerAccuracy(result.images);
+process.stdout.write(`${JSON.stringify({ ...result, analyzer, seconds: Math.round((performance.now() - t0) / 1000) })}\n`);

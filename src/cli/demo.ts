@@ -68,6 +68,8 @@ export interface DemoResult {
   html: string;
   eval: { concept: Concept; learned: Score; init_word: Score; description: Score; steps: number; seconds: number };
   scores: Record<NamingMethod, MethodScore>;
+  /** What the word learned, in words (also in the report). */
+  summary: string;
 }
 
 /** Learns <my-thing> for a concept, evaluates the three namings, writes index.html and eval.json. */
@@ -132,19 +134,23 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
   }));
   const genProgress = new Progress(mode, 'generate', prompts.length * count * 3);
   let made = 0;
+  const parts = { learned: new PartCounts(), init_word: new PartCounts(), description: new PartCounts() };
   const scores = await evaluateConcept(sd, concept, token, {
     prompts, count, seed: 1000 + seed,
     onImage: (method: NamingMethod, prompt, image, v) => {
       const row = grid.find((g) => g.prompts[method] === prompt)!;
       const a = v.attrs;
       row.images[method].push(rgbOf(toRgbImage(image), `${a.color} ${a.texture} ${a.shape}, ${a.size}, ${a.position}, ${a.background}`, v.reconstructs));
+      parts[method].add(a, concept);
       genProgress.update(++made);
     },
   });
   const seconds = (performance.now() - t0) / 1000;
+  const summary = summarize(token, concept, names, scores, parts);
   const report: ReportData = {
     title: `oneword demo: ${token} = ${concept.texture} ${concept.color} ${concept.shape}`,
     concept, token, losses, scores, steps: opts.steps, seconds,
+    summary,
     training: trainingImages.map((im, i) => rgbOf(im, `training image ${i + 1}`)),
     grid,
   };
@@ -152,7 +158,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
   writeFileSync(html, renderReport(report));
   const evalJson = { concept, learned: pick(scores.learned), init_word: pick(scores.init_word), description: pick(scores.description), steps: opts.steps, seconds: Number(seconds.toFixed(1)) };
   writeFileSync(join(out, 'eval.json'), `${JSON.stringify(evalJson, null, 2)}\n`);
-  return { html, eval: evalJson, scores };
+  return { html, eval: evalJson, scores, summary };
 }
 
 export async function demoCommand(argv: string[]): Promise<number> {
@@ -187,8 +193,37 @@ export async function demoCommand(argv: string[]): Promise<number> {
     prompts: flags.prompts ? (JSON.parse(readFileSync(String(flags.prompts), 'utf8')) as EvalPrompt[]) : undefined,
   });
   if (mode === 'json') process.stdout.write(`${JSON.stringify({ event: 'done', report: r.html, ...r.eval })}\n`);
-  else if (mode === 'bar') process.stdout.write(`\n${evalTable(r.scores)}\n\nreport: ${r.html}\n`);
+  else if (mode === 'bar') process.stdout.write(`\n${evalTable(r.scores)}\n\n${r.summary}\n\nreport: ${r.html}\n`);
   return 0;
+}
+
+/** How often each part of the concept (shape, colour, texture) appears in a method's images. */
+export class PartCounts {
+  shape = 0;
+  color = 0;
+  texture = 0;
+  images = 0;
+  add(a: Attrs, c: Concept): void {
+    this.images++;
+    if (a.shape === c.shape) this.shape++;
+    if (a.color === c.color) this.color++;
+    if (a.texture === c.texture) this.texture++;
+  }
+}
+
+/** The report's plain-language verdict: what the word captured, against the best description. */
+export function summarize(token: string, c: Concept, names: Record<NamingMethod, string>, scores: Record<NamingMethod, MethodScore>, parts: Record<NamingMethod, PartCounts>): string {
+  const l = parts.learned;
+  const d = parts.description;
+  const of = (n: number, p: PartCounts) => `${n} of ${p.images}`;
+  const what = `${c.texture} ${c.color} ${c.shape}`;
+  const missing = (['shape', 'color', 'texture'] as const).filter((k) => l[k] < l.images * 0.75);
+  const learned = missing.length === 0
+    ? `${token} captured the whole concept: its images show the ${what} in ${of(Math.round(scores.learned.reconstruction * l.images), l)} (shape ${of(l.shape, l)}, colour ${of(l.color, l)}, texture ${of(l.texture, l)})`
+    : `${token} captured the concept only in part (shape ${of(l.shape, l)}, colour ${of(l.color, l)}, texture ${of(l.texture, l)}; ${missing.join(' and ')} not learned)`;
+  const edit = `and it follows the rest of the prompt (position, size, background) in ${Math.round(scores.learned.editability * 100)} % of the images that ask for one`;
+  const desc = `The best plain description, "${names.description}", draws the ${what} in ${Math.round(scores.description.reconstruction * 100)} % (texture right in ${of(d.texture, d)}: English has no word for it).`;
+  return `${learned}, ${edit}. ${desc}`;
 }
 
 type Score = ReturnType<typeof pick>;

@@ -22,6 +22,8 @@ export interface ReportData {
   scores: Record<NamingMethod, MethodScore>;
   steps: number;
   seconds: number;
+  /** One or two sentences: what the word learned, against the best description. */
+  summary?: string;
 }
 
 const esc = (s: string) => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
@@ -92,6 +94,7 @@ code{background:#f3f4f6;padding:1px 4px;border-radius:3px}
 <p>oneword learned the word <code>${esc(d.token)}</code> for a concept that has no word in the model's vocabulary
 (${Object.entries(d.concept).map(([k, v]) => `${k}: <b>${esc(v)}</b>`).join(', ')}) from ${d.training.length} images,
 in ${d.steps} steps (${d.seconds.toFixed(0)} s). Green frames: the analyzer reads the concept's shape, colour and texture; red: it does not.</p>
+${d.summary ? `<p class="summary"><b>${esc(d.summary)}</b></p>` : ''}
 <h2>Training images</h2><div class="ims">${d.training.map(img).join('')}</div>
 <h2>Evaluation</h2>
 <table><tr><th>naming</th><th>reconstruction</th><th>editability</th><th>obeys prompt</th><th>images</th></tr>${table}</table>

@@ -1,7 +1,7 @@
 // Does the model draw what the prompt says? Seeded random prompts (texture never named)
 // are generated and read back by the shapes analyzer; we count per-attribute agreement and
 // which textures appear.
-import { analyze, type Attrs, IMAGE_SIZE, ATTRIBUTE_NAMES, describe, randomAttributes, Rng, type RgbImage, TEXTURES, type Texture } from '../shapes/index.ts';
+import { analyze, type Attrs, IMAGE_SIZE, ATTRIBUTE_NAMES, describe, randomAttributes, render, Rng, type RgbImage, TEXTURES, type Texture } from '../shapes/index.ts';
 import { sampleImages, type SampleOptions, type SamplerModel } from './sample.ts';
 
 export interface EvalOptions extends SampleOptions {
@@ -93,6 +93,21 @@ export async function evaluateModel(m: SamplerModel, opts: EvalOptions = {}): Pr
     texturesPerPrompt: vp ? Number((distinct / vp).toFixed(2)) : 0,
     varietySeeds: vs,
   };
+}
+
+/**
+ * The analyzer's own accuracy per attribute on fresh renders of the first `n` evaluation
+ * prompts' attributes: the ceiling the model's scores are read against.
+ */
+export function analyzerAccuracy(n = 200): Record<keyof Attrs, number> {
+  const hits = Object.fromEntries(ATTRIBUTE_NAMES.map((k) => [k, 0])) as Record<keyof Attrs, number>;
+  for (let i = 0; i < n; i++) {
+    const { attrs } = evalPrompt(i);
+    const read = analyze(render(attrs, new Rng(`shapes-eval-render:${i}`))).attrs;
+    for (const k of ATTRIBUTE_NAMES) if (read[k] === attrs[k]) hits[k]++;
+  }
+  for (const k of ATTRIBUTE_NAMES) hits[k] = Number((hits[k] / n).toFixed(3));
+  return hits;
 }
 
 export { ATTRIBUTE_NAMES };

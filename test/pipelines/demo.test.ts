@@ -31,6 +31,7 @@ test('demo: trains, generates every naming, writes a self-contained report and e
     assert.ok(!/src="(https?:|file:)/.test(html), 'report must not reference outside files');
     assert.match(html, /a large &lt;my-thing&gt; on a black background/);
     assert.match(html, /a large blue heart on a black background/);
+    assert.match(html, /<p class="summary"><b>&lt;my-thing&gt; captured /);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
