@@ -12,7 +12,9 @@ const HELP = `Usage: npm run train-shapes -- [options]
   --work DIR         checkpoints and latent cache (default tmp/shapes-train)
   --seed N           seed (default ${FULL_RECIPE.seed})
   --vae-steps N      VAE steps (default ${FULL_RECIPE.vae.steps})
-  --unet-steps N     UNet + text encoder steps (default ${FULL_RECIPE.unet.steps})
+  --text-steps N     text-encoder pretraining steps (default ${FULL_RECIPE.text.steps}; 0: learned jointly with the UNet)
+  --unet-steps N     UNet steps (default ${FULL_RECIPE.unet.steps})
+  --eval-every N     quick evaluation every N UNet steps (default ${FULL_RECIPE.evalEvery})
   --images N         images in the latent cache (default ${FULL_RECIPE.datasetImages})
   --batch N          UNet batch size (default ${FULL_RECIPE.unet.batch})
   --threads N        ORT intra-op threads (default: all cores)
@@ -45,6 +47,8 @@ const cfg: TrainConfig = {
   arch: tiny ? TINY_ARCH : SHAPES_ARCH,
   seed: int('--seed', FULL_RECIPE.seed),
   vae: { ...FULL_RECIPE.vae, steps: int('--vae-steps', FULL_RECIPE.vae.steps) },
+  text: { ...FULL_RECIPE.text, steps: int('--text-steps', FULL_RECIPE.text.steps) },
+  evalEvery: int('--eval-every', FULL_RECIPE.evalEvery),
   datasetImages: int('--images', FULL_RECIPE.datasetImages),
   unet: { ...FULL_RECIPE.unet, steps: int('--unet-steps', FULL_RECIPE.unet.steps), batch: int('--batch', FULL_RECIPE.unet.batch) },
   threads: opt('--threads') ? int('--threads', 2) : undefined,

@@ -10,6 +10,7 @@ import { TextualInversionTrainer, train, TRAIN_DEFAULTS, type TrainOptions } fro
 import { conceptNames, DEFAULT_EVAL_PROMPTS, evaluateConcept, fillTemplate, toRgbImage, type Concept, type EvalPrompt, type MethodScore, type NamingMethod } from '../pipelines/shapes-eval.ts';
 import { analyze } from '../shapes/analyze.ts';
 import { parseSpec, randomAttributes, type Attrs } from '../shapes/attributes.ts';
+import { describeSetting } from '../shapes/caption.ts';
 import { readImage, writePng } from '../shapes/png.ts';
 import { Rng } from '../shapes/random.ts';
 import { render } from '../shapes/render.ts';
@@ -21,7 +22,23 @@ import { evalTable, renderReport, type ReportData, type ReportImage } from './re
 const ASSETS = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'assets', 'demo');
 
 /** Demo training settings: short enough for a laptop, strong enough for the shapes model. */
-export const DEMO_TRAINING = { steps: 300, lr: 5e-3, batch: 2 };
+export const DEMO_TRAINING = { steps: 300, lr: 5e-3, batch: 2, flipP: 0 };
+
+/**
+ * The demo's caption templates (AUTOMATIC1111 syntax): the paper's neutral templates plus
+ * each image's own caption ([filewords], its .txt), which names what is NOT the concept —
+ * position and background — so the word does not absorb them and stays editable.
+ */
+export const DEMO_TEMPLATES = [
+  'a [name] [filewords]',
+  'a photo of a [name] [filewords]',
+  'a rendering of a [name] [filewords]',
+  'the photo of a [name] [filewords]',
+  'a good photo of the [name] [filewords]',
+  'a close-up photo of a [name] [filewords]',
+  'a rendition of a [name] [filewords]',
+  'a cropped photo of the [name] [filewords]',
+];
 
 export const DEMO_HELP = `Usage: oneword demo [options]
 
@@ -62,6 +79,8 @@ export interface DemoOptions {
   out: string;
   prompts?: EvalPrompt[];
   mode: ProgressMode;
+  /** Training options over the demo's defaults (DEMO_TRAINING). */
+  training?: Partial<TrainOptions>;
 }
 
 export interface DemoResult {
@@ -88,7 +107,11 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
       imagesDir = join(out, 'images');
       mkdirSync(imagesDir, { recursive: true });
       const rng = new Rng(`demo-${seed}`);
-      for (let i = 0; i < 4; i++) await writePng(render(randomAttributes(rng, { shape: spec.shape, color: spec.color, texture: spec.texture }), rng), join(imagesDir, `${i}.png`));
+      for (let i = 0; i < 4; i++) {
+        const attrs = randomAttributes(rng, { shape: spec.shape, color: spec.color, texture: spec.texture });
+        await writePng(render(attrs, rng), join(imagesDir, `${i}.png`));
+        writeFileSync(join(imagesDir, `${i}.txt`), `${describeSetting(attrs)}\n`);
+      }
     } else {
       imagesDir = join(ASSETS, 'dotted-orange-star');
       spec = JSON.parse(readFileSync(join(imagesDir, 'concept.json'), 'utf8')) as Partial<Attrs>;
@@ -102,6 +125,8 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
   }
   const concept = { shape: spec.shape!, color: spec.color!, texture: spec.texture! } as Concept;
   const token = '<my-thing>';
+  const templateFile = join(out, 'templates.txt');
+  writeFileSync(templateFile, `${DEMO_TEMPLATES.join('\n')}\n`);
 
   // Train.
   const sd = StableDiffusion.load(o.model ?? DEFAULT_MODEL);
@@ -116,6 +141,8 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     seed,
     saveEvery: 0,
     out: join(out, 'embedding'),
+    templateFile,
+    ...o.training,
   };
   say(`learning ${token} (init "${concept.shape}") for ${JSON.stringify(concept)} from ${trainingImages.length} images`);
   const trainer = await TextualInversionTrainer.create(sd, opts);

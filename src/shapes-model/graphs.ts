@@ -7,6 +7,8 @@ import { unet2DCondition } from '../models/unet.ts';
 import { vaeDecode, vaeEncode } from '../models/vae.ts';
 import type { ParsedArch } from './config.ts';
 import { ParamStore, TrainParams } from './params.ts';
+import { Params } from '../models/params.ts';
+import { ATTRIBUTE_NAMES, ATTRIBUTE_VALUES, type Attrs } from '../shapes/index.ts';
 import { fastGradients } from './fast-grad.ts';
 
 export const SEQ_LEN = 77;
@@ -69,7 +71,7 @@ export function vaeStepGraph(a: ParsedArch, vae: ParamStore, batch: number, klWe
  * [B,77] and loss weights [B,1,h,w] (min-SNR per sample × more weight on the object than on
  * the plain background) → loss = mean w · (pred − target)²; `mse` is the unweighted error.
  */
-export function unetStepGraph(a: ParsedArch, text: ParamStore, unet: ParamStore, batch: number): StepGraph {
+export function unetStepGraph(a: ParsedArch, text: ParamStore, unet: ParamStore, batch: number, trainText = true): StepGraph {
   const g = new Graph();
   const s = a.latentSize;
   const noisy = g.input('noisy', [batch, 4, s, s]);
@@ -77,7 +79,8 @@ export function unetStepGraph(a: ParsedArch, text: ParamStore, unet: ParamStore,
   const t = g.input('t', [batch]);
   const ids = g.input('ids', [batch, SEQ_LEN], 'int64');
   const w = g.input('w', [batch, 1, s, s]);
-  const tp = new TrainParams(g, text, 'text_encoder/');
+  // A frozen text encoder (Stable Diffusion's design) is fed as weights, not differentiated.
+  const tp = trainText ? new TrainParams(g, text, 'text_encoder/') : new Params(g, text, 'text_encoder/');
   const up = new TrainParams(g, unet, 'unet/');
   const ctx = clipTextEncoder(tp.scope('text_model'), a.text, ids);
   const pred = unet2DCondition(up, a.unet, noisy, t, ctx);
@@ -85,5 +88,47 @@ export function unetStepGraph(a: ParsedArch, text: ParamStore, unet: ParamStore,
   const sq = o.mul(d, d);
   const loss = o.reduceMean(o.mul(sq, w));
   const mse = o.reduceMean(sq);
-  return withGrads(loss, { mse }, [{ p: tp, store: text }, { p: up, store: unet }], [noisy, target, t, ids, w]);
+  const parts = tp instanceof TrainParams ? [{ p: tp, store: text }, { p: up, store: unet }] : [{ p: up, store: unet }];
+  return withGrads(loss, { mse }, parts, [noisy, target, t, ids, w]);
+}
+
+/** Sizes of the attribute blocks a text-pretraining head predicts (each: its values + "not named"). */
+export function attributeBlocks(): Array<{ key: keyof Attrs; values: readonly string[]; offset: number; size: number }> {
+  let offset = 0;
+  return ATTRIBUTE_NAMES.map((key) => {
+    const values = ATTRIBUTE_VALUES[key] as readonly string[];
+    const block = { key, values, offset, size: values.length + 1 };
+    offset += block.size;
+    return block;
+  });
+}
+
+/**
+ * Text-encoder pretraining step: from every state at and after the end-of-text token (the
+ * states that have read the whole caption, and most of what cross-attention attends to), a
+ * linear head predicts each attribute the caption names, or "not named". ids [B,77], target
+ * [B,K] (one-hot per attribute block), mask [B,77,1] (weights of the supervised positions,
+ * summing to 1 over the batch) → loss = Σ mask · cross-entropy.
+ */
+export function textPretrainGraph(a: ParsedArch, text: ParamStore, head: ParamStore, batch: number): StepGraph {
+  const g = new Graph();
+  const blocks = attributeBlocks();
+  const K = blocks.reduce((n, b) => n + b.size, 0);
+  const D = a.text.hidden_size;
+  const ids = g.input('ids', [batch, SEQ_LEN], 'int64');
+  const target = g.input('target', [batch, K]);
+  const mask = g.input('mask', [batch, SEQ_LEN, 1]);
+  const tp = new TrainParams(g, text, 'text_encoder/');
+  const hp = new TrainParams(g, head, 'head/');
+  const states = clipTextEncoder(tp.scope('text_model'), a.text, ids);
+  const logits = o.linear(states, hp.get('weight', [K, D]), hp.get('bias', [K]));
+  let ce: Tensor | null = null;
+  for (const b of blocks) {
+    const logp = o.log(o.add(o.softmax(o.slice(logits, [2], [b.offset], [b.offset + b.size]), -1), 1e-7));
+    const t = o.reshape(o.slice(target, [1], [b.offset], [b.offset + b.size]), [batch, 1, b.size]);
+    const c = o.neg(o.reduceSum(o.mul(logp, t), [2], true));
+    ce = ce ? o.add(ce, c) : c;
+  }
+  const loss = o.reduceSum(o.mul(ce!, mask));
+  return withGrads(loss, {}, [{ p: tp, store: text }, { p: hp, store: head }], [ids, target, mask]);
 }

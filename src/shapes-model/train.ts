@@ -14,12 +14,12 @@ import { Params } from '../models/params.ts';
 import { vaeEncode } from '../models/vae.ts';
 import { compile } from '../runtime/session.ts';
 import { DDPMScheduler } from '../schedulers/index.ts';
-import { type Attrs, randomAttributes, render, Rng } from '../shapes/index.ts';
+import { type Attrs, namedAttributes, randomAttributes, render, Rng } from '../shapes/index.ts';
 import { type ArchSpec, type DiffusionSpec, parseArch, type ParsedArch, schedulerConfigJson, ZERO_SNR_V_DIFFUSION } from './config.ts';
 import { CaptionTokens, latentObjectFraction, objectWeights, renderSet, TEXTURE_WORD_PROB, toPixels, trainingCaption } from './data.ts';
 import { textDependence } from './text-dependence.ts';
 import { exportDiffusers } from './export.ts';
-import { unetStepGraph, vaeStepGraph } from './graphs.ts';
+import { attributeBlocks, SEQ_LEN, textPretrainGraph, unetStepGraph, vaeStepGraph } from './graphs.ts';
 import { initText, initUnet, initVae } from './init.ts';
 import { ParamStore } from './params.ts';
 import { type OptimConfig, Trainer } from './trainer.ts';
@@ -37,6 +37,13 @@ export interface TrainConfig {
   arch: ArchSpec;
   seed: number;
   vae: PhaseConfig & { klWeight: number };
+  /**
+   * Text-encoder pretraining (0 steps: none, the encoder learns jointly with the UNet): a
+   * linear head reads every attribute a caption names from the encoder's end-of-text states.
+   * With `frozen`, the UNet then trains against the fixed encoder, as Stable Diffusion does
+   * with CLIP.
+   */
+  text: PhaseConfig & { frozen: boolean };
   /** Images in the latent cache the UNet trains on. */
   datasetImages: number;
   /**
@@ -76,6 +83,7 @@ export interface TrainConfig {
 export const FULL_RECIPE: Omit<TrainConfig, 'arch' | 'workDir' | 'outDir'> = {
   seed: 0,
   vae: { steps: 800, batch: 16, lr: 1e-3, warmupSteps: 50, klWeight: 1e-4 },
+  text: { steps: 600, batch: 64, lr: 2e-3, warmupSteps: 50, frozen: true },
   datasetImages: 20000,
   latentScale: 0.4,
   objectWeight: 4,
@@ -84,7 +92,7 @@ export const FULL_RECIPE: Omit<TrainConfig, 'arch' | 'workDir' | 'outDir'> = {
   unet: { steps: 3600, batch: 32, lr: 1e-3, warmupSteps: 200, minSnrGamma: 5, emaDecay: 0.998 },
   checkpointEvery: 100,
   logEvery: 10,
-  evalEvery: 600,
+  evalEvery: 300,
   evalPrompts: 24,
 };
 
@@ -182,6 +190,57 @@ export async function trainVaePhase(cfg: TrainConfig, a: ParsedArch, log: LogFn)
   return vae;
 }
 
+// ---------------------------------------------------------------- phase 1b: text encoder
+
+export async function trainTextPhase(cfg: TrainConfig, a: ParsedArch, log: LogFn): Promise<ParamStore> {
+  const text = initText(a, cfg.seed);
+  if (cfg.text.steps === 0) return text;
+  const done = join(cfg.workDir, 'text.final.safetensors');
+  if (existsSync(done)) {
+    loadStore(done, text);
+    log({ phase: 'text', note: `loaded pretrained text encoder from ${done}` });
+    return text;
+  }
+  const blocks = attributeBlocks();
+  const K = blocks.reduce((n, b) => n + b.size, 0);
+  const D = a.text.hidden_size;
+  const head = new ParamStore();
+  const hr = new Rng(`text-head:${cfg.seed}`);
+  head.set('weight', [K, D], Float32Array.from({ length: K * D }, () => hr.normal() * 0.02));
+  head.set('bias', [K], new Float32Array(K));
+  const B = cfg.text.batch;
+  const trainer = await Trainer.create(textPretrainGraph(a, text, head, B), optim(cfg.text), cfg.threads);
+  const ckpt = join(cfg.workDir, 'text.ckpt.safetensors');
+  if (existsSync(ckpt)) {
+    trainer.loadCheckpoint(ckpt);
+    log({ phase: 'text', note: `resumed at step ${trainer.step}` });
+  }
+  const tokens = new CaptionTokens();
+  const eos = tokens.tokenizer.tokenToId(tokens.tokenizer.eosToken)!;
+  await runPhase('text', trainer, cfg.text.steps, cfg, ckpt, log, (step) => {
+    const rng = new Rng(`text:${cfg.seed}:${step}`);
+    const captions = Array.from({ length: B }, () => trainingCaption(randomAttributes(rng), rng, cfg.textureWordProb));
+    const ids = tokens.batch(captions);
+    const target = new Float32Array(B * K);
+    const mask = new Float32Array(B * SEQ_LEN);
+    let supervised = 0;
+    captions.forEach((c, b) => {
+      const named = namedAttributes(c);
+      for (const bl of blocks) {
+        const v = named[bl.key];
+        target[b * K + bl.offset + (v === undefined ? bl.size - 1 : bl.values.indexOf(v))] = 1;
+      }
+      let end = 1;
+      while (ids[b * SEQ_LEN + end] !== BigInt(eos)) end++;
+      for (let p = end; p < SEQ_LEN; p++, supervised++) mask[b * SEQ_LEN + p] = 1;
+    });
+    for (let i = 0; i < mask.length; i++) mask[i] /= supervised;
+    return { ids, target, mask };
+  });
+  saveStore(done, text);
+  return text;
+}
+
 // ---------------------------------------------------------------- phase 2: latent cache
 
 export interface LatentCache {
@@ -271,11 +330,11 @@ function objectFractions(cfg: TrainConfig, a: ParsedArch, n: number): Uint8Array
 
 // ---------------------------------------------------------------- phase 3: UNet + text encoder
 
-export async function trainUnetPhase(cfg: TrainConfig, a: ParsedArch, vae: ParamStore, cache: LatentCache, sf: number, log: LogFn): Promise<{ text: ParamStore; unet: ParamStore }> {
-  const text = initText(a, cfg.seed);
+export async function trainUnetPhase(cfg: TrainConfig, a: ParsedArch, vae: ParamStore, cache: LatentCache, sf: number, log: LogFn, text: ParamStore): Promise<{ text: ParamStore; unet: ParamStore }> {
   const unet = initUnet(a, cfg.seed);
   const B = cfg.unet.batch;
-  const sg = unetStepGraph(a, text, unet, B);
+  const trainText = !(cfg.text.steps > 0 && cfg.text.frozen);
+  const sg = unetStepGraph(a, text, unet, B, trainText);
   const trainer = await Trainer.create(sg, optim(cfg.unet, cfg.unet.emaDecay), cfg.threads);
   const ckpt = join(cfg.workDir, 'unet.ckpt.safetensors');
   if (existsSync(ckpt)) {
@@ -329,15 +388,15 @@ export async function trainUnetPhase(cfg: TrainConfig, a: ParsedArch, vae: Param
     if (!cfg.evalEvery || (step % cfg.evalEvery !== 0 && step !== cfg.unet.steps)) return;
     const ema = trainer.emaStores();
     const model = samplerModelFromStores({
-      text: ema.get(text)!, unet: ema.get(unet)!, vae, textConfig: a.text, unetConfig: a.unet, vaeConfig: a.vae, diffusion: cfg.diffusion,
+      text: ema.get(text) ?? text, unet: ema.get(unet)!, vae, textConfig: a.text, unetConfig: a.unet, vaeConfig: a.vae, diffusion: cfg.diffusion,
     });
     const t1 = performance.now();
     const r = await evaluateModel(model, { prompts: cfg.evalPrompts, steps: 20, guidance: 5, batch: 8, varietyPrompts: 0, threads: cfg.threads });
-    const dep = await textDependence(a, ema.get(text)!, ema.get(unet)!, cfg.diffusion, probe, { threads: cfg.threads });
+    const dep = await textDependence(a, ema.get(text) ?? text, ema.get(unet)!, cfg.diffusion, probe, { threads: cfg.threads });
     log({ phase: 'eval', step, ...r, texturesPerPrompt: undefined, varietySeeds: undefined, textLoss: dep.loss, textGap: dep.gap, seconds: Math.round((performance.now() - t1) / 1000) });
   });
   const ema = trainer.emaStores();
-  return { text: ema.get(text)!, unet: ema.get(unet)! };
+  return { text: ema.get(text) ?? text, unet: ema.get(unet)! };
 }
 
 // ---------------------------------------------------------------- all phases
@@ -348,11 +407,12 @@ export async function trainShapesModel(cfg: TrainConfig, log: LogFn): Promise<vo
   const t0 = performance.now();
   log({ phase: 'start', config: cfg });
   const vae = await trainVaePhase(cfg, a0, log);
+  const pretrainedText = await trainTextPhase(cfg, a0, log);
   const cache = await encodePhase(cfg, a0, vae, log);
   const scalingFactor = Number((cfg.latentScale * cache.unitScalingFactor).toPrecision(5));
   log({ phase: 'latents', unitScalingFactor: cache.unitScalingFactor, latentScale: cfg.latentScale, scalingFactor });
   const a = parseArch(cfg.arch, scalingFactor);
-  const { text, unet } = await trainUnetPhase(cfg, a, vae, cache, scalingFactor, log);
+  const { text, unet } = await trainUnetPhase(cfg, a, vae, cache, scalingFactor, log, pretrainedText);
   const tmp = `${cfg.outDir}.partial`;
   rmSync(tmp, { recursive: true, force: true });
   exportDiffusers(tmp, { arch: cfg.arch, diffusion: cfg.diffusion, scalingFactor, vae, text, unet });

@@ -3,7 +3,7 @@
 // made-up word (TEXTURE_NONCE_WORDS), so the model can draw a texture on request while no
 // English description can ask for it — the situation of a real user's concept in Stable
 // Diffusion, and what textual inversion is then asked to find.
-import type { Attrs, Background, Position, Texture } from './attributes.ts';
+import { ATTRIBUTE_VALUES, type Attrs, type Background, type Position, type Texture } from './attributes.ts';
 import type { Rng } from './random.ts';
 
 export interface CaptionOptions {
@@ -61,6 +61,15 @@ export function describe(attrs: Attrs): string {
   return `${nounPhrase([attrs.size, attrs.color, attrs.shape])} ${POSITION_PHRASES[attrs.position][0]} ${BACKGROUND_PHRASES[0](attrs.background)}`;
 }
 
+/**
+ * What an image shows besides its object: "at the top left on a black background" — the
+ * caption a user would write beside a training image so that the learned word does not
+ * absorb the position or background.
+ */
+export function describeSetting(attrs: Pick<Attrs, 'position' | 'background'>): string {
+  return `${POSITION_PHRASES[attrs.position][0]} ${BACKGROUND_PHRASES[0](attrs.background)}`;
+}
+
 /** A random caption for `attrs`: random omissions and a few phrasings; the texture only by its made-up word. */
 export function captionFor(attrs: Attrs, rng: Rng, opts: CaptionOptions = {}): string {
   const drop = opts.dropProb ?? 0.3;
@@ -82,4 +91,32 @@ export function captionFor(attrs: Attrs, rng: Rng, opts: CaptionOptions = {}): s
   else if (form < 8) parts = [`${pos},`, np, bg];
   else parts = [np, bg, pos];
   return parts.filter((p) => p).join(' ');
+}
+
+const POSITION_READING: ReadonlyArray<[RegExp, Position]> = [
+  [/\btop left\b/, 'top-left'], [/\btop right\b/, 'top-right'], [/\bbottom left\b/, 'bottom-left'], [/\bbottom right\b/, 'bottom-right'],
+  [/\bat the top\b/, 'top'], [/\bat the bottom\b/, 'bottom'], [/\bon the left\b/, 'left'], [/\bon the right\b/, 'right'],
+  [/\b(center|middle)\b/, 'center'],
+];
+
+/**
+ * The attributes a caption of ours names (the inverse of captionFor): what a text encoder
+ * can know from it. Unnamed attributes are absent; the texture only by its made-up word.
+ */
+export function namedAttributes(caption: string): Partial<Attrs> {
+  const words = new Set(caption.toLowerCase().replace(/,/g, ' ').split(/\s+/));
+  const out: Partial<Attrs> = {};
+  const find = <K extends keyof Attrs>(key: K, values: readonly Attrs[K][]) => {
+    const hit = values.find((v) => words.has(v as string));
+    if (hit !== undefined) out[key] = hit;
+  };
+  find('shape', ATTRIBUTE_VALUES.shape);
+  find('color', ATTRIBUTE_VALUES.color);
+  find('size', ATTRIBUTE_VALUES.size);
+  find('background', ATTRIBUTE_VALUES.background);
+  const tex = (Object.entries(TEXTURE_NONCE_WORDS) as Array<[Texture, string]>).find(([, w]) => words.has(w));
+  if (tex) out.texture = tex[0];
+  const pos = POSITION_READING.find(([re]) => re.test(caption));
+  if (pos) out.position = pos[1];
+  return out;
 }

@@ -69,3 +69,55 @@ test('initial weights and rendered data depend only on the seed', () => {
   assert.deepEqual(renderSet(3, 5, 16).pixels, renderSet(3, 5, 16).pixels);
   assert.deepEqual(renderSet(3, 5, 16).attrs, renderSet(3, 5, 16).attrs);
 });
+
+test('a UNet step against a frozen text encoder trains the UNet only', async () => {
+  const B = 2;
+  const s = a.latentSize;
+  const text = initText(a, 0);
+  const unet = initUnet(a, 0);
+  const textBefore = text.get('text_model.final_layer_norm.weight').data.slice();
+  const tr = await Trainer.create(unetStepGraph(a, text, unet, B, false), optim, 1);
+  assert.ok(tr.graph.weights.every((w) => w.store === unet), 'only UNet weights are trained');
+  const tok = new CaptionTokens();
+  const batch = {
+    noisy: normals('fx', B * 4 * s * s), target: normals('fn', B * 4 * s * s), t: Float32Array.from([100, 800]),
+    ids: tok.batch(['a red star', 'a blue ring at the top left']), w: new Float32Array(B * s * s).fill(1),
+  };
+  const first = await tr.trainStep(batch);
+  let last = first;
+  for (let i = 0; i < 5; i++) last = await tr.trainStep(batch);
+  assert.ok(last.loss < first.loss, `${first.loss} → ${last.loss}`);
+  assert.deepEqual(text.get('text_model.final_layer_norm.weight').data, textBefore);
+});
+
+test('text pretraining: the head learns to read named attributes from the end-of-text states', async () => {
+  const { attributeBlocks, textPretrainGraph, SEQ_LEN } = await import('../../src/shapes-model/graphs.ts');
+  const { ParamStore } = await import('../../src/shapes-model/params.ts');
+  const { namedAttributes } = await import('../../src/shapes/index.ts');
+  const blocks = attributeBlocks();
+  const K = blocks.reduce((n, b) => n + b.size, 0);
+  assert.equal(K, 6 + 8 + 2 + 9 + 4 + 4 + 6);
+  const text = initText(a, 0);
+  const head = new ParamStore();
+  head.set('weight', [K, a.text.hidden_size], normals('h', K * a.text.hidden_size).map((v) => v * 0.02));
+  head.set('bias', [K], new Float32Array(K));
+  const captions = ['a red star', 'a large blue ring at the top left on a black background', '', 'a kiki green heart'];
+  const B = captions.length;
+  const tok = new CaptionTokens();
+  const ids = tok.batch(captions);
+  const target = new Float32Array(B * K);
+  const mask = new Float32Array(B * SEQ_LEN);
+  captions.forEach((c, b) => {
+    const named = namedAttributes(c);
+    for (const bl of blocks) target[b * K + bl.offset + (named[bl.key] === undefined ? bl.size - 1 : bl.values.indexOf(named[bl.key]!))] = 1;
+    for (let p = 0; p < SEQ_LEN; p++) if (ids[b * SEQ_LEN + p] === 49407n) mask[b * SEQ_LEN + p] = 1;
+  });
+  const total = mask.reduce((x, y) => x + y, 0);
+  const tr = await Trainer.create(textPretrainGraph(a, text, head, B), { ...optim, lr: 1e-2 }, 1);
+  const batch = { ids, target, mask: mask.map((v) => v / total) };
+  const first = await tr.trainStep(batch);
+  assert.ok(Math.abs(first.loss - 6 * Math.log(7)) < 3, `initial loss ${first.loss} near 6 uniform guesses`);
+  let last = first;
+  for (let i = 0; i < 30; i++) last = await tr.trainStep(batch);
+  assert.ok(last.loss < first.loss * 0.5, `${first.loss} → ${last.loss}`);
+});

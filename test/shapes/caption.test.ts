@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { type Attrs, TEXTURES, randomAttributes } from '../../src/shapes/attributes.ts';
-import { article, captionFor, describe, TEXTURE_NONCE_WORDS } from '../../src/shapes/caption.ts';
+import { article, captionFor, describe, namedAttributes, TEXTURE_NONCE_WORDS } from '../../src/shapes/caption.ts';
 import { Rng } from '../../src/shapes/random.ts';
 
 const star: Attrs = { shape: 'star', color: 'red', size: 'small', position: 'top-left', background: 'white', texture: 'striped' };
@@ -83,4 +83,21 @@ test('the made-up texture words are single tokens that no English caption uses',
     const c = captionFor(randomAttributes(rng), rng);
     for (const w of Object.values(TEXTURE_NONCE_WORDS)) assert.ok(!c.split(' ').includes(w), c);
   }
+});
+
+test('namedAttributes reads back exactly what a caption names', () => {
+  const rng = new Rng(7);
+  for (let i = 0; i < 3000; i++) {
+    const a = randomAttributes(rng);
+    const c = captionFor(a, rng, { textureWordProb: 0.5 });
+    const named = namedAttributes(c);
+    for (const [k, v] of Object.entries(named)) assert.equal(v, a[k as keyof Attrs], `${k} in "${c}"`);
+    // every value word in the caption is read
+    if (c.includes(a.color)) assert.equal(named.color, a.color);
+    if (/top|bottom|left|right|center|middle/.test(c)) assert.equal(named.position, a.position, c);
+    if (c.includes(TEXTURE_NONCE_WORDS[a.texture])) assert.equal(named.texture, a.texture);
+  }
+  assert.deepEqual(namedAttributes(''), {});
+  assert.deepEqual(namedAttributes('a shape'), {});
+  assert.deepEqual(namedAttributes(describe(star)), { shape: 'star', color: 'red', size: 'small', background: 'white', position: 'top-left' });
 });
