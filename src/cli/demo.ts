@@ -42,15 +42,17 @@ export const DEMO_TEMPLATES = [
 
 export const DEMO_HELP = `Usage: oneword demo [options]
 
-Learns the word <my-thing> for a concept with no word in the bundled shapes model (by default
-a dotted orange star: the model can draw dots but has no word for them) from 4 images, then
-generates new sentences with it and writes demo-report/index.html and eval.json.
+Learns the word <my-thing> for a concept that plain English cannot name in the bundled shapes
+model (by default a dotted orange star: the model draws dots, but only a made-up word of its
+training captions asks for them) from 4 captioned images, then uses the word in new sentences,
+compares it with the init word and the best English description, and writes
+demo-report/index.html and eval.json.
 
 Options:
   --concept SPEC   concept to learn, e.g. '{"shape":"heart","color":"blue","texture":"striped"}'
                    (4 training images are rendered for it)
   --images DIR     train on these images instead (the concept is read from them by the analyzer
-                   unless --concept is given)
+                   unless --concept is given; a .txt beside an image is its caption)
   --steps N        training steps (default ${DEMO_TRAINING.steps})
   --count N        images per prompt and naming (default 4)
   --model PATH     model (default: the bundled shapes model)

@@ -89,10 +89,10 @@ export const FULL_RECIPE: Omit<TrainConfig, 'arch' | 'workDir' | 'outDir'> = {
   objectWeight: 4,
   textureWordProb: TEXTURE_WORD_PROB,
   diffusion: ZERO_SNR_V_DIFFUSION,
-  unet: { steps: 3600, batch: 32, lr: 1e-3, warmupSteps: 200, minSnrGamma: 5, emaDecay: 0.998 },
+  unet: { steps: 5000, batch: 32, lr: 1e-3, warmupSteps: 200, minSnrGamma: 5, emaDecay: 0.998 },
   checkpointEvery: 100,
   logEvery: 10,
-  evalEvery: 300,
+  evalEvery: 500,
   evalPrompts: 24,
 };
 
