@@ -31,6 +31,9 @@ ${describeSamplers().replace(/^/gm, '    ')}
   --progress MODE       bar | json | quiet (default bar);  --quiet = --progress quiet
 `;
 
+/** Library option → flag, where the flag has another name. */
+export const GENERATE_OPTION_FLAGS: Record<string, string> = { guidance: '--cfg', sampler: '--scheduler' };
+
 /** `FILE:TOKEN` → [file, token]; a Windows drive letter or plain path stays whole. */
 function splitEmbeddingArg(arg: string): [string, string | undefined] {
   const i = arg.lastIndexOf(':');

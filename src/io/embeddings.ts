@@ -15,6 +15,7 @@ import { openSync, readSync, closeSync } from 'node:fs';
 import { basename, extname } from 'node:path';
 import { SafetensorsFile, writeSafetensors, type SafeDType } from './safetensors.ts';
 import { loadTorchArchive, PyDict, PyObject, TorchTensor, describe, type PyValue, type TorchArchive } from './pickle.ts';
+import { OnewordError, type ErrorDetails } from '../errors.ts';
 
 export type EmbeddingFormat = 'diffusers' | 'diffusers-1d' | 'a1111-safetensors' | 'a1111-pt' | 'diffusers-bin';
 
@@ -34,9 +35,9 @@ export interface Embedding {
   info: Record<string, string>;
 }
 
-export class EmbeddingError extends Error {
+export class EmbeddingError extends OnewordError {
   override name = 'EmbeddingError';
-  constructor(readonly path: string, message: string, options?: { cause?: unknown }) {
+  constructor(readonly path: string, message: string, options?: ErrorDetails) {
     super(`${path}: ${message}`, options);
   }
 }

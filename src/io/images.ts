@@ -17,12 +17,13 @@ import { basename, dirname, extname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import sharp from 'sharp';
 import { encodePng } from './png.ts';
+import { OnewordError, type ErrorDetails } from '../errors.ts';
 
 export { formatA1111Parameters, parseA1111Parameters, readPngParameters, readPngTextChunks, a1111ShortHash, type A1111Parameters } from './png.ts';
 
-export class ImageError extends Error {
+export class ImageError extends OnewordError {
   override name = 'ImageError';
-  constructor(readonly file: string, message: string, options?: { cause?: unknown }) {
+  constructor(readonly file: string, message: string, options?: ErrorDetails) {
     super(`${file}: ${message}`, options);
   }
 }

@@ -3,6 +3,7 @@
 import { createSampler, SAMPLERS, TorchGenerator, type SamplerName } from '../schedulers/index.ts';
 import { decodeLatents, denoise, encodePrompt, matchChunks } from './text-to-image.ts';
 import type { StableDiffusion } from './stable-diffusion.ts';
+import { OnewordError } from '../errors.ts';
 
 export interface GenerateOptions {
   prompt: string;
@@ -26,7 +27,7 @@ export interface GeneratedImage {
   seed: number;
 }
 
-export class GenerateError extends Error {
+export class GenerateError extends OnewordError {
   override name = 'GenerateError';
 }
 
@@ -50,17 +51,18 @@ export function checkGenerateOptions(sd: StableDiffusion, o: GenerateOptions): R
     eta: o.eta,
   };
   const f = sd.vaeFactor;
-  if (!Number.isInteger(r.steps) || r.steps < 1) throw new GenerateError(`steps must be a positive whole number, got ${r.steps}`);
-  if (!Number.isInteger(r.count) || r.count < 1) throw new GenerateError(`count must be a positive whole number, got ${r.count}`);
-  if (!(r.guidance >= 0)) throw new GenerateError(`cfg must be ≥ 0, got ${r.guidance}`);
-  if (!Number.isInteger(r.seed) || r.seed < 0) throw new GenerateError(`seed must be a whole number ≥ 0, got ${r.seed}`);
+  const bad = (option: string, problem: string) => GenerateError.badOption(option, problem);
+  if (!Number.isInteger(r.steps) || r.steps < 1) throw bad('steps', `must be a positive whole number, got ${r.steps}`);
+  if (!Number.isInteger(r.count) || r.count < 1) throw bad('count', `must be a positive whole number, got ${r.count}`);
+  if (!(r.guidance >= 0)) throw bad('guidance', `must be ≥ 0, got ${r.guidance}`);
+  if (!Number.isInteger(r.seed) || r.seed < 0) throw bad('seed', `must be a whole number ≥ 0, got ${r.seed}`);
   for (const [k, v] of [['width', r.width], ['height', r.height]] as const) {
     if (!Number.isInteger(v) || v <= 0 || v % f !== 0) {
-      throw new GenerateError(`${k} must be a positive multiple of ${f} (this model's VAE downscales by ${f}), got ${v}`);
+      throw bad(k, `must be a positive multiple of ${f} (this model's VAE downscales by ${f}), got ${v}`);
     }
   }
-  if (!(r.sampler in SAMPLERS)) throw new GenerateError(`unknown scheduler "${r.sampler}" (use one of ${Object.keys(SAMPLERS).join(', ')})`);
-  if (r.eta !== undefined && SAMPLERS[r.sampler as SamplerName].kind !== 'ddim') throw new GenerateError('--eta applies to the ddim scheduler only');
+  if (!(r.sampler in SAMPLERS)) throw bad('sampler', `must be one of ${Object.keys(SAMPLERS).join(', ')}, got "${r.sampler}"`);
+  if (r.eta !== undefined && SAMPLERS[r.sampler as SamplerName].kind !== 'ddim') throw bad('eta', 'applies to the ddim sampler only');
   return r;
 }
 

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.ts';
-import { flipHorizontal, listImages, loadTrainingImage } from '../io/images.ts';
+import { flipHorizontal, ImageError, listImages, loadTrainingImage } from '../io/images.ts';
 import { saveA1111Embedding, saveDiffusersEmbedding } from '../io/embeddings.ts';
 import { adamWState, adamWStep, clipGradNorm, type AdamWState } from '../optim/adamw.ts';
 import { createScheduler, TorchGenerator } from '../schedulers/index.ts';
@@ -16,6 +16,7 @@ import { makeSchedule, type ScheduleKind } from './lr-schedule.ts';
 import { templatesFor, type ConceptKind } from './templates.ts';
 import { TrainStep } from './ti-step.ts';
 import type { StableDiffusion } from './stable-diffusion.ts';
+import { OnewordError } from '../errors.ts';
 
 export interface TrainOptions {
   images: string;
@@ -64,7 +65,7 @@ export const TRAIN_DEFAULTS = {
   weightDecay: 1e-2,
 };
 
-export class TrainError extends Error {
+export class TrainError extends OnewordError {
   override name = 'TrainError';
 }
 
@@ -104,29 +105,35 @@ function hashImages(paths: string[]): string {
  */
 export function checkTrainOptions(sd: StableDiffusion, o: TrainOptions): { images: string[]; initIds: number[] } {
   const f = sd.vaeFactor;
-  if (!/\S/.test(o.token) || /\s/.test(o.token)) throw new TrainError(`--token must be one word without spaces, got "${o.token}"`);
-  if (!Number.isInteger(o.vectors) || o.vectors < 1 || o.vectors > 75) throw new TrainError(`--vectors must be a whole number from 1 to 75, got ${o.vectors}`);
+  const bad = (option: string, problem: string) => TrainError.badOption(option, problem);
+  if (!/\S/.test(o.token) || /\s/.test(o.token)) throw bad('token', `must be one word without spaces, got "${o.token}"`);
+  if (!Number.isInteger(o.vectors) || o.vectors < 1 || o.vectors > 75) throw bad('vectors', `must be a whole number from 1 to 75, got ${o.vectors}`);
   if (!Number.isInteger(o.resolution) || o.resolution < f || o.resolution % f !== 0) {
-    throw new TrainError(`--resolution must be a positive multiple of ${f} (this model's VAE downscales by ${f}), got ${o.resolution}`);
+    throw bad('resolution', `must be a positive multiple of ${f} (this model's VAE downscales by ${f}), got ${o.resolution}`);
   }
-  for (const [k, v] of [['steps', o.steps], ['batch', o.batch], ['grad-accum', o.gradAccum]] as const) {
-    if (!Number.isInteger(v) || v < 1) throw new TrainError(`--${k} must be a positive whole number, got ${v}`);
+  for (const [k, v] of [['steps', o.steps], ['batch', o.batch], ['gradAccum', o.gradAccum]] as const) {
+    if (!Number.isInteger(v) || v < 1) throw bad(k, `must be a positive whole number, got ${v}`);
   }
-  if (!(o.flipP >= 0 && o.flipP <= 1)) throw new TrainError(`--flip-p must be between 0 and 1, got ${o.flipP}`);
-  if (!Number.isInteger(o.saveEvery) || o.saveEvery < 0) throw new TrainError(`--save-every must be a whole number ≥ 0, got ${o.saveEvery}`);
-  if (o.maxGradNorm !== null && !(o.maxGradNorm > 0)) throw new TrainError(`--max-grad-norm must be positive, got ${o.maxGradNorm}`);
-  if (o.what !== 'object' && o.what !== 'style') throw new TrainError(`--what must be object or style, got "${o.what}"`);
+  if (!(o.flipP >= 0 && o.flipP <= 1)) throw bad('flipP', `must be between 0 and 1, got ${o.flipP}`);
+  if (!Number.isInteger(o.saveEvery) || o.saveEvery < 0) throw bad('saveEvery', `must be a whole number ≥ 0, got ${o.saveEvery}`);
+  if (o.maxGradNorm !== null && !(o.maxGradNorm > 0)) throw bad('maxGradNorm', `must be positive, got ${o.maxGradNorm}`);
+  if (o.what !== 'object' && o.what !== 'style') throw bad('what', `must be object or style, got "${o.what}"`);
   makeSchedule(o.lr, o.lrSchedule, o.steps, o.lrWarmup);
   // The token must be new to the tokenizer, in every spelling it would be matched by.
   const existing = sd.tokenizer.tokenToId(o.token) ?? sd.tokenizer.tokenToId(`${o.token}</w>`) ?? sd.tokenizer.tokenToId(`${o.token.toLowerCase()}</w>`);
   if (existing !== undefined) {
-    throw new TrainError(`token "${o.token}" already exists in the vocabulary (id ${existing}); choose a new word such as "<${o.token.replace(/^<|>$/g, '')}>"`);
+    throw new TrainError(`token "${o.token}" already exists in the vocabulary (id ${existing}); choose a new word such as "<${o.token.replace(/^<|>$/g, '')}>"`, { usage: true, option: 'token' });
   }
   const initIds = sd.tokenizer.encode(o.init);
-  if (!o.init.trim() || initIds.length === 0) throw new TrainError(`--init "${o.init}" has no tokens; give a word that describes the concept, e.g. "cat"`);
-  if (!existsSync(o.images)) throw new TrainError(`--images ${o.images}: no such folder`);
-  const images = listImages(o.images);
-  if (images.length === 0) throw new TrainError(`--images ${o.images}: no .jpg, .jpeg, .png or .webp images in this folder`);
+  if (!o.init.trim() || initIds.length === 0) throw bad('init', `"${o.init}" has no tokens; give a word that describes the concept, e.g. "cat"`);
+  if (!existsSync(o.images)) throw bad('images', `${o.images}: no such folder`);
+  let images: string[];
+  try {
+    images = listImages(o.images);
+  } catch (e) {
+    if (e instanceof ImageError) throw bad('images', e.message);
+    throw e;
+  }
   return { images, initIds };
 }
 
@@ -327,10 +334,10 @@ export class TextualInversionTrainer {
   /** Restores a state written by saveState; the images must be the same files. */
   loadState(dir: string): void {
     const path = join(dir, STATE_FILE);
-    if (!existsSync(path)) throw new TrainError(`--resume ${dir}: no ${STATE_FILE} in this folder`);
+    if (!existsSync(path)) throw TrainError.badOption('resume', `${dir}: no ${STATE_FILE} in this folder`);
     const f = SafetensorsFile.open(path);
     if (f.metadata.format !== 'oneword-train-state') throw new TrainError(`${path}: not a oneword training state`);
-    if (f.metadata.images_hash !== this.imagesHash) throw new TrainError(`--resume ${dir}: the training images changed since this state was saved`);
+    if (f.metadata.images_hash !== this.imagesHash) throw TrainError.badOption('resume', `${dir}: the training images changed since this state was saved`);
     const vectors = f.readFloat32('vectors');
     if (vectors.length !== this.state.vectors.length) throw new TrainError(`${path}: ${vectors.length} values, expected ${this.state.vectors.length}`);
     this.state.vectors.set(vectors);
@@ -357,7 +364,7 @@ export class TextualInversionTrainer {
 /** Reads the options saved in a state folder (for --resume). */
 export function savedOptions(dir: string): TrainOptions {
   const path = join(dir, STATE_FILE);
-  if (!existsSync(path)) throw new TrainError(`--resume ${dir}: no ${STATE_FILE} in this folder`);
+  if (!existsSync(path)) throw TrainError.badOption('resume', `${dir}: no ${STATE_FILE} in this folder`);
   return JSON.parse(SafetensorsFile.open(path).metadata.options) as TrainOptions;
 }
 
