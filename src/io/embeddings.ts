@@ -19,15 +19,20 @@ import { OnewordError, type ErrorDetails } from '../errors.ts';
 
 export type EmbeddingFormat = 'diffusers' | 'diffusers-1d' | 'a1111-safetensors' | 'a1111-pt' | 'diffusers-bin';
 
-export interface Embedding {
-  /** The word to write in prompts: opts.token, else the token stored in a diffusers file, else the file name without extension. */
+/** A word's embedding: N vectors of width D, written in prompts as `token`. */
+export interface LearnedEmbedding {
+  /** The word to write in prompts. */
   token: string;
   /** Row-major [count, dim] float32. */
   vectors: Float32Array;
   /** N: how many tokens the word expands to in the prompt. */
   count: number;
-  /** D: must match the text encoder's hidden size (768 SD1, 1024 SD2); the caller checks. */
+  /** D: must match the text encoder's hidden size (768 SD1, 1024 SD2). */
   dim: number;
+}
+
+/** An embedding read from a file; `token` is opts.token, else the token stored in a diffusers file, else the file name without extension. */
+export interface Embedding extends LearnedEmbedding {
   format: EmbeddingFormat;
   /** The name recorded inside the file, if any (diffusers key, A1111 "name"/metadata name). */
   sourceName?: string;

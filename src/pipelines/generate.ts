@@ -5,19 +5,31 @@ import { decodeLatents, denoise, encodePrompt, matchChunks } from './text-to-ima
 import type { StableDiffusion } from './stable-diffusion.ts';
 import { OnewordError } from '../errors.ts';
 
+/** Options of generate: the `oneword generate` flags, with the same defaults. */
 export interface GenerateOptions {
+  /** A1111 prompt syntax: (word:1.2), (word), [word], BREAK; any length. */
   prompt: string;
-  negative?: string;
+  /** Default "" (empty). */
+  negativePrompt?: string;
+  /** Sampling steps. Default 30. */
   steps?: number;
+  /** Classifier-free guidance scale (1 = no guidance). Default 7.5. */
   guidance?: number;
+  /** One of ddim, pndm, euler, euler-karras, euler-a, dpmpp2m, dpmpp2m-karras. Default "dpmpp2m-karras". */
   sampler?: string;
+  /** Seed of the first image; image i uses seed + i. Default 42. */
   seed?: number;
+  /** Image size, a multiple of the VAE factor. Default: the model's native size. */
   width?: number;
   height?: number;
+  /** Number of images. Default 1. */
   count?: number;
+  /** DDIM noise (ddim only). Default 0. */
   eta?: number;
   onStep?: (image: number, step: number, steps: number) => void;
 }
+
+const KNOWN_OPTIONS = new Set(['prompt', 'negativePrompt', 'steps', 'guidance', 'sampler', 'seed', 'width', 'height', 'count', 'eta', 'onStep']);
 
 export interface GeneratedImage {
   /** CHW float32 in [0, 1]. */
@@ -37,10 +49,13 @@ export function defaultSize(sd: StableDiffusion): number {
 }
 
 export function checkGenerateOptions(sd: StableDiffusion, o: GenerateOptions): Required<Omit<GenerateOptions, 'onStep' | 'eta'>> & { eta?: number } {
+  // A misspelt option must not silently fall back to its default.
+  for (const k of Object.keys(o)) if (!KNOWN_OPTIONS.has(k)) throw new GenerateError(`unknown option "${k}"`, { usage: true });
+  if (typeof o.prompt !== 'string') throw GenerateError.badOption('prompt', 'is required (a string)');
   const size = defaultSize(sd);
   const r = {
     prompt: o.prompt,
-    negative: o.negative ?? '',
+    negativePrompt: o.negativePrompt ?? '',
     steps: o.steps ?? 30,
     guidance: o.guidance ?? 7.5,
     sampler: o.sampler ?? 'dpmpp2m-karras',
@@ -70,7 +85,7 @@ export async function generate(sd: StableDiffusion, opts: GenerateOptions): Prom
   const o = checkGenerateOptions(sd, opts);
   const f = sd.vaeFactor;
   const latentShape: [number, number, number] = [sd.latentChannels, o.height / f, o.width / f];
-  const [cond, uncond] = await matchChunks(sd, await encodePrompt(sd, o.prompt), await encodePrompt(sd, o.negative));
+  const [cond, uncond] = await matchChunks(sd, await encodePrompt(sd, o.prompt), await encodePrompt(sd, o.negativePrompt));
   const images: GeneratedImage[] = [];
   for (let i = 0; i < o.count; i++) {
     const seed = o.seed + i;
