@@ -36,7 +36,7 @@ const commands: Record<string, () => Promise<CommandModule>> = {
 };
 
 /** A library error as the command line says it: the option at fault named by its flag. */
-export function describeForCli(e: OnewordError, optionFlags: Record<string, string> = {}): string {
+function describeForCli(e: OnewordError, optionFlags: Record<string, string> = {}): string {
   if (!e.option || e.problem === undefined) return e.message;
   const flag = optionFlags[e.option] ?? `--${e.option.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
   return `${flag} ${e.problem}`;

@@ -218,8 +218,9 @@ export class TextualInversionTrainer {
   static async create(sd: StableDiffusion, opts: TrainOptions): Promise<TextualInversionTrainer> {
     const { images, initIds } = checkTrainOptions(sd, opts);
     const t = new TextualInversionTrainer(sd, opts, images, hashImages(images), initIds);
-    sd.addLearnedToken(opts.token, t.state.vectors, opts.vectors);
+    // Images first: a file that fails to decode must not leave the word half-registered.
     await t.encodeImages();
+    sd.addLearnedToken(opts.token, t.state.vectors, opts.vectors);
     t.step = await t.stepFor(opts.batch);
     return t;
   }

@@ -2,7 +2,7 @@
 // save it, load it into another model, generate. Tiny model, tiny images, 2 steps.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadEmbedding, OnewordError, StableDiffusion, trainTextualInversion, type RgbImage } from '../../src/index.ts';
@@ -116,6 +116,15 @@ test('library: bad calls are usage errors naming the option', async () => {
   await assert.rejects(trainTextualInversion(sd, { ...TRAIN, images, learningRate: 1 } as never), usage(undefined, /unknown option "learningRate"/));
   await assert.rejects(sd.generate({ prompt: 'x', guidance: -1 }), usage('guidance', /^guidance must be ≥ 0, got -1/));
   assert.throws(() => sd.loadTextualInversion({ token: '<w>', vectors: new Float32Array(5), count: 1, dim: 5 }), usage(undefined, /5-dimensional vectors but this model's text encoder uses 32/));
+  // An image that fails to decode is a failed run, not a usage error, and leaves no word behind.
+  const dir = mkdtempSync(join(tmpdir(), 'oneword-lib-'));
+  try {
+    const broken = join(dir, 'broken.png');
+    writeFileSync(broken, 'not a png');
+    await assert.rejects(trainTextualInversion(sd, { ...TRAIN, images: [broken] }), (e: unknown) => e instanceof OnewordError && !e.usage && /broken\.png: cannot decode image/.test(e.message));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
   // Nothing was learned by the failed calls.
   assert.equal(sd.learned.size, 0);
 });
