@@ -1,13 +1,19 @@
 // A small, strict argument parser: --flag value, --flag=value, boolean flags, repeats.
 // Unknown flags are errors (a typo must not silently fall back to a default).
+import { OnewordError } from '../errors.ts';
+
 export interface FlagSpec {
   type: 'string' | 'number' | 'boolean';
   multiple?: boolean;
   alias?: string;
 }
 
-export class UsageError extends Error {
+/** A command line that cannot be run as written. */
+export class UsageError extends OnewordError {
   override name = 'UsageError';
+  constructor(message: string) {
+    super(message, { usage: true });
+  }
 }
 
 export type ParsedArgs = { flags: Record<string, string | number | boolean | Array<string | number>>; positional: string[] };

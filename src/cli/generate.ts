@@ -1,10 +1,9 @@
 // `oneword generate`: text-to-image with optional learned embeddings; PNGs carry A1111 infotext.
 import { existsSync, mkdirSync, readdirSync } from 'node:fs';
-import { basename, join } from 'node:path';
-import { loadEmbedding } from '../io/embeddings.ts';
+import { join } from 'node:path';
 import { a1111ShortHash, formatA1111Parameters, savePng } from '../io/images.ts';
 import { describeSamplers } from '../schedulers/index.ts';
-import { checkGenerateOptions, generate } from '../pipelines/generate.ts';
+import { checkGenerateOptions } from '../pipelines/generate.ts';
 import { StableDiffusion } from '../pipelines/stable-diffusion.ts';
 import { parseArgs, UsageError } from './args.ts';
 import { Progress, type ProgressMode } from './progress.ts';
@@ -31,6 +30,9 @@ ${describeSamplers().replace(/^/gm, '    ')}
   --progress MODE       bar | json | quiet (default bar);  --quiet = --progress quiet
 `;
 
+/** Library option → flag, where the flag has another name. */
+export const GENERATE_OPTION_FLAGS: Record<string, string> = { negativePrompt: '--negative', guidance: '--cfg', sampler: '--scheduler' };
+
 /** `FILE:TOKEN` → [file, token]; a Windows drive letter or plain path stays whole. */
 function splitEmbeddingArg(arg: string): [string, string | undefined] {
   const i = arg.lastIndexOf(':');
@@ -38,16 +40,13 @@ function splitEmbeddingArg(arg: string): [string, string | undefined] {
   return [arg.slice(0, i), arg.slice(i + 1)];
 }
 
+/** Loads each --embedding into the model; returns A1111's short hash per token (for the infotext). */
 export function loadEmbeddingsInto(sd: StableDiffusion, args: string[]): Record<string, string> {
   const hashes: Record<string, string> = {};
   for (const a of args) {
     const [file, token] = splitEmbeddingArg(a);
-    const e = loadEmbedding(file, { token });
-    if (e.dim !== sd.hiddenSize) {
-      throw new UsageError(`${file}: the embedding has ${e.dim}-dimensional vectors but this model's text encoder uses ${sd.hiddenSize} (SD 1.x: 768, SD 2.x: 1024)`);
-    }
-    sd.addLearnedToken(e.token, e.vectors, e.count);
-    hashes[e.token] = a1111ShortHash(file, 12);
+    const learned = sd.loadTextualInversion(file, { token });
+    hashes[learned.token] = a1111ShortHash(file, 12);
   }
   return hashes;
 }
@@ -86,7 +85,7 @@ export async function generateCommand(argv: string[]): Promise<number> {
   const sd = StableDiffusion.load(modelPath, { threads: flags.threads as number | undefined });
   const tiHashes = loadEmbeddingsInto(sd, (flags.embedding as string[] | undefined) ?? []);
   const opts = checkGenerateOptions(sd, {
-    prompt: String(flags.prompt), negative: flags.negative as string | undefined, steps: flags.steps as number | undefined,
+    prompt: String(flags.prompt), negativePrompt: flags.negative as string | undefined, steps: flags.steps as number | undefined,
     guidance: flags.cfg as number | undefined, sampler: flags.scheduler as string | undefined, seed: flags.seed as number | undefined,
     width: flags.width as number | undefined, height: flags.height as number | undefined, count: flags.count as number | undefined,
     eta: flags.eta as number | undefined,
@@ -94,12 +93,12 @@ export async function generateCommand(argv: string[]): Promise<number> {
   const out = (flags.out as string | undefined) ?? 'outputs';
   mkdirSync(out, { recursive: true });
   const progress = new Progress(mode, 'generate', opts.count * opts.steps);
-  const images = await generate(sd, { ...opts, onStep: (i, s) => progress.update(i * opts.steps + s, { image: i + 1 }) });
+  const images = await sd.generate({ ...opts, onStep: (i, s) => progress.update(i * opts.steps + s, { image: i + 1 }) });
   let index = nextIndex(out);
   const written: string[] = [];
   for (const img of images) {
     const parameters = formatA1111Parameters({
-      prompt: opts.prompt, negativePrompt: opts.negative, steps: opts.steps, sampler: SAMPLER_INFOTEXT[opts.sampler] ?? opts.sampler,
+      prompt: opts.prompt, negativePrompt: opts.negativePrompt, steps: opts.steps, sampler: SAMPLER_INFOTEXT[opts.sampler] ?? opts.sampler,
       cfgScale: opts.guidance, seed: img.seed, width: img.width, height: img.height, model: modelName(modelPath),
       tiHashes: Object.keys(tiHashes).length ? tiHashes : undefined, extra: { Version: 'oneword' },
     });
@@ -109,6 +108,5 @@ export async function generateCommand(argv: string[]): Promise<number> {
   }
   if (mode === 'json') process.stdout.write(`${JSON.stringify({ event: 'done', files: written })}\n`);
   else if (mode === 'bar') for (const f of written) process.stdout.write(`${f}\n`);
-  void basename;
   return 0;
 }

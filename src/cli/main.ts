@@ -1,5 +1,5 @@
 // oneword command-line entry: dispatches subcommands.
-import { UsageError } from './args.ts';
+import { OnewordError } from '../errors.ts';
 
 const HELP = `oneword — textual inversion for Stable Diffusion, on ONNX Runtime
 
@@ -18,13 +18,29 @@ Run "oneword <command> --help" for a command's options.
 
 type Command = (argv: string[]) => Promise<number>;
 
-const commands: Record<string, () => Promise<Command>> = {
-  verify: async () => (await import('./verify.ts')).verifyCommand,
-  generate: async () => (await import('./generate.ts')).generateCommand,
-  train: async () => (await import('./train.ts')).trainCommand,
-  demo: async () => (await import('./demo.ts')).demoCommand,
-  shapes: async () => (await import('./shapes.ts')).shapesCommand,
+interface CommandModule {
+  run: Command;
+  /** Flags whose names differ from their library option's name in kebab-case. */
+  optionFlags?: Record<string, string>;
+}
+
+const commands: Record<string, () => Promise<CommandModule>> = {
+  verify: async () => ({ run: (await import('./verify.ts')).verifyCommand }),
+  generate: async () => {
+    const m = await import('./generate.ts');
+    return { run: m.generateCommand, optionFlags: m.GENERATE_OPTION_FLAGS };
+  },
+  train: async () => ({ run: (await import('./train.ts')).trainCommand }),
+  demo: async () => ({ run: (await import('./demo.ts')).demoCommand }),
+  shapes: async () => ({ run: (await import('./shapes.ts')).shapesCommand }),
 };
+
+/** A library error as the command line says it: the option at fault named by its flag. */
+function describeForCli(e: OnewordError, optionFlags: Record<string, string> = {}): string {
+  if (!e.option || e.problem === undefined) return e.message;
+  const flag = optionFlags[e.option] ?? `--${e.option.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+  return `${flag} ${e.problem}`;
+}
 
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -37,15 +53,17 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`oneword: unknown command "${command}"\n\n${HELP}`);
     return 2;
   }
+  let mod: CommandModule | undefined;
   try {
-    return await (await load())(rest);
+    mod = await load();
+    return await mod.run(rest);
   } catch (e) {
-    const err = e as Error;
-    // Bad options are usage errors (exit 2); anything else is a failure (exit 1).
-    if (e instanceof UsageError || ['TrainError', 'GenerateError'].includes(err.name)) {
-      process.stderr.write(`oneword ${command}: ${err.message}\nRun "oneword ${command} --help" for usage.\n`);
+    // The caller's mistake (a bad option or value) exits with 2; a failed run with 1.
+    if (e instanceof OnewordError && e.usage) {
+      process.stderr.write(`oneword ${command}: ${describeForCli(e, mod?.optionFlags)}\nRun "oneword ${command} --help" for usage.\n`);
       return 2;
     }
+    const err = e as Error;
     process.stderr.write(`oneword ${command}: ${err.message}\n`);
     if (process.env.ONEWORD_DEBUG) process.stderr.write(`${err.stack}\n`);
     return 1;

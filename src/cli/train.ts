@@ -1,10 +1,9 @@
 // `oneword train`: learn a new word from a few images (textual inversion).
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { savePng } from '../io/images.ts';
-import { defaultSize, generate } from '../pipelines/generate.ts';
+import { defaultSize } from '../pipelines/generate.ts';
 import { StableDiffusion } from '../pipelines/stable-diffusion.ts';
-import { savedOptions, TextualInversionTrainer, train, TRAIN_DEFAULTS, type TrainOptions } from '../pipelines/textual-inversion.ts';
+import { savedOptions, TRAIN_DEFAULTS } from '../pipelines/textual-inversion.ts';
+import { trainTextualInversion, type TextualInversionOptions } from '../pipelines/train-textual-inversion.ts';
 import { parseArgs, UsageError, type FlagSpec } from './args.ts';
 import { DEFAULT_MODEL } from './defaults.ts';
 import { Progress, type ProgressMode } from './progress.ts';
@@ -69,76 +68,67 @@ export async function trainCommand(argv: string[]): Promise<number> {
   const mode = (f.quiet ? 'quiet' : (f.progress as string | undefined) ?? 'bar') as ProgressMode;
   if (!['bar', 'json', 'quiet'].includes(mode)) throw new UsageError(`--progress must be bar, json or quiet, got "${mode}"`);
   const resume = f.resume as string | undefined;
-  const saved = resume ? savedOptions(resume) : undefined;
   const modelPath = (f.model as string | undefined) ?? DEFAULT_MODEL;
   const sd = StableDiffusion.load(modelPath, { threads: f.threads as number | undefined });
 
-  let opts: TrainOptions;
-  if (saved) {
-    opts = { ...saved, steps: (f.steps as number | undefined) ?? saved.steps, out: (f.out as string | undefined) ?? resume! };
+  let opts: TextualInversionOptions;
+  if (resume) {
+    // A resumed run keeps its options; only the step count and the output folder may change.
+    const { images, ...saved } = savedOptions(resume);
+    if (images === null) throw new UsageError(`${resume} was trained from images in memory; resume it from the library with the same images`);
+    opts = { ...saved, images, steps: (f.steps as number | undefined) ?? saved.steps, out: (f.out as string | undefined) ?? resume, resume };
   } else {
     for (const k of ['images', 'token', 'init'] as const) if (f[k] === undefined) throw new UsageError(`train needs --${k}`);
     const token = String(f.token);
     const lrFlag = f.lr as string | undefined;
+    const lr = lrFlag === undefined ? undefined : /[:,]/.test(lrFlag) ? lrFlag : Number(lrFlag);
+    if (typeof lr === 'number' && !Number.isFinite(lr)) throw new UsageError(`--lr needs a number or an A1111 schedule, got "${lrFlag}"`);
     opts = {
-      ...TRAIN_DEFAULTS,
       images: String(f.images),
       token,
       init: String(f.init),
-      resolution: (f.resolution as number | undefined) ?? defaultSize(sd),
       out: (f.out as string | undefined) ?? join('outputs', `ti-${token.replace(/^<|>$/g, '').replace(/[^\w.-]+/g, '_')}`),
+      lr,
       ...pick(f, {
-        vectors: 'vectors', what: 'what', templateFile: 'template-file', centerCrop: 'center-crop', flipP: 'flip-p', steps: 'steps', scaleLr: 'scale-lr',
-        batch: 'batch', gradAccum: 'grad-accum', lrSchedule: 'lr-schedule', lrWarmup: 'lr-warmup', maxGradNorm: 'max-grad-norm',
-        seed: 'seed', saveEvery: 'save-every',
+        vectors: 'vectors', what: 'what', templateFile: 'template-file', resolution: 'resolution', centerCrop: 'center-crop',
+        flipP: 'flip-p', steps: 'steps', scaleLr: 'scale-lr', batch: 'batch', gradAccum: 'grad-accum', lrSchedule: 'lr-schedule',
+        lrWarmup: 'lr-warmup', maxGradNorm: 'max-grad-norm', seed: 'seed', saveEvery: 'save-every',
       }),
-      ...(lrFlag !== undefined ? { lr: /[:,]/.test(lrFlag) ? lrFlag : Number(lrFlag) } : {}),
-    } as TrainOptions;
-    if (typeof opts.lr === 'number' && !Number.isFinite(opts.lr)) throw new UsageError(`--lr needs a number or an A1111 schedule, got "${lrFlag}"`);
+    };
   }
 
   const log = (s: string) => mode === 'bar' && process.stderr.write(`${s}\n`);
-  log(`oneword train: ${opts.token} ← "${opts.init}" (${opts.vectors} vector${opts.vectors > 1 ? 's' : ''}), ${opts.steps} steps at ${opts.resolution}px, out ${opts.out}`);
-  const trainer = await TextualInversionTrainer.create(sd, opts);
-  if (resume) {
-    trainer.loadState(resume);
-    log(`resumed at step ${trainer.state.step}`);
-  }
-  const before = await trainer.fixedLoss();
-
-  const previewEvery = (f['preview-every'] as number | undefined) ?? 0;
-  const previewPrompt = ((f['preview-prompt'] as string | undefined) ?? (opts.what === 'style' ? 'a painting in the style of {token}' : 'a photo of {token}')).replaceAll('{token}', opts.token);
-  const previewDir = join(opts.out, 'previews');
-  const preview = async (t: TextualInversionTrainer) => {
-    mkdirSync(previewDir, { recursive: true });
-    const [img] = await generate(sd, { prompt: previewPrompt, steps: 20, seed: opts.seed, width: opts.resolution, height: opts.resolution });
-    const file = join(previewDir, `step-${String(t.state.step).padStart(6, '0')}.png`);
-    savePng(file, img.pixels, img.width, img.height);
-    log(`preview: ${file}`);
-    return [file];
-  };
-
-  const progress = new Progress(mode, 'train', opts.steps);
+  const steps = opts.steps ?? TRAIN_DEFAULTS.steps;
+  const vectors = opts.vectors ?? TRAIN_DEFAULTS.vectors;
+  log(`oneword train: ${opts.token} ← "${opts.init}" (${vectors} vector${vectors > 1 ? 's' : ''}), ${steps} steps at ${opts.resolution ?? defaultSize(sd)}px, out ${opts.out}${resume ? `, resuming ${resume}` : ''}`);
+  const progress = new Progress(mode, 'train', steps);
+  const stop = new AbortController();
   const onSigint = () => {
-    if (trainer.stopping) process.exit(130);
+    if (stop.signal.aborted) process.exit(130);
     log('\nstopping: saving a checkpoint (Ctrl-C again to quit without saving)…');
-    trainer.requestStop();
+    stop.abort();
   };
   process.on('SIGINT', onSigint);
+  let run;
   try {
-    const res = await train(trainer, {
+    run = await trainTextualInversion(sd, {
+      ...opts,
+      previewEvery: f['preview-every'] as number | undefined,
+      previewPrompt: f['preview-prompt'] as string | undefined,
+      measureFixedLoss: true,
+      signal: stop.signal,
       onStep: (l, running) => progress.update(l.step, { loss: running, lr: l.lr }),
-      onSave: (step, files) => mode === 'json' ? process.stdout.write(`${JSON.stringify({ event: 'saved', step, files })}\n`) : log(`saved step ${step}: ${files.join(', ')}`),
-      preview: previewEvery > 0 ? { every: previewEvery, run: preview } : undefined,
+      onSave: (step, files) => (mode === 'json' ? process.stdout.write(`${JSON.stringify({ event: 'saved', step, files })}\n`) : log(`saved step ${step}: ${files.join(', ')}`)),
+      onPreview: ({ file }) => file && log(`preview: ${file}`),
     });
-    if (res.stopped) return 130;
   } finally {
     process.off('SIGINT', onSigint);
   }
-  const after = await trainer.fixedLoss();
-  const summary = { event: 'done', steps: trainer.state.step, fixed_loss_before: before, fixed_loss_after: after, out: opts.out };
+  if (run.stopped) return 130;
+  const { before, after } = run.fixedLoss!;
+  const summary = { event: 'done', steps: run.steps, fixed_loss_before: before, fixed_loss_after: after, out: opts.out };
   if (mode === 'json') process.stdout.write(`${JSON.stringify(summary)}\n`);
-  else log(`done: loss on a fixed batch ${before.toFixed(5)} → ${after.toFixed(5)}; embeddings in ${opts.out}`);
+  else log(`done: loss on a fixed batch ${before.toFixed(5)} → ${after!.toFixed(5)}; embeddings in ${opts.out}`);
   return 0;
 }
 

@@ -58,6 +58,8 @@ export interface ExportedModel {
   outputNames: string[];
   /** Folder that external-data locations are relative to (pass to ORT). */
   externalRoot: string | null;
+  /** The files external data is read from (real paths): their contents are part of the model. */
+  externalFiles: string[];
 }
 
 /** Deepest folder containing every path (after resolving symlinks, as ORT requires). */
@@ -187,6 +189,7 @@ export function exportOnnx(outputs: Record<string, Tensor>, opts: ExportOptions 
   const inputs: ValueInfoProto[] = [];
   const inputList: ExportedModel['inputs'] = [];
   const weightFeeds: ExportedModel['weightFeeds'] = new Map();
+  const externalFiles = new Set<string>();
   const nameOf = new Map<number, string>();
   // Nodes that compute an output write to the output's name directly (no Identity copy).
   const directOut = new Map<number, string>();
@@ -292,6 +295,7 @@ export function exportOnnx(outputs: Record<string, Tensor>, opts: ExportOptions 
           if (rel.startsWith('..') || isAbsolute(rel)) {
             throw new GraphError(`weight "${name}": file ${d.path} lies outside the external-data folder ${root}`);
           }
+          externalFiles.add(real.get(d.path)!);
           inits.push(
             create(TensorProtoSchema, {
               name,
@@ -482,5 +486,5 @@ export function exportOnnx(outputs: Record<string, Tensor>, opts: ExportOptions 
     graph: create(GraphProtoSchema, { name: 'oneword', node: nodes, initializer: inits, input: inputs, output: outputInfos }),
   });
   const bytes = toBinary(ModelProtoSchema, model);
-  return { bytes, weightFeeds, inputs: inputList, outputNames: outs.map(([n]) => n), externalRoot };
+  return { bytes, weightFeeds, inputs: inputList, outputNames: outs.map(([n]) => n), externalRoot, externalFiles: [...externalFiles].sort() };
 }

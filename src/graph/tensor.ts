@@ -1,5 +1,6 @@
 // Symbolic tensors. Building ops only records a graph; nothing computes until the
 // graph is compiled (runtime/) or interpreted (graph/evaluate.ts).
+import { OnewordError } from '../errors.ts';
 
 export type DType = 'float32' | 'float16' | 'float64' | 'int64' | 'bool';
 export const DTYPES: readonly DType[] = ['float32', 'float16', 'float64', 'int64', 'bool'];
@@ -18,7 +19,7 @@ export function isFloat(d: DType): boolean {
   return d === 'float32' || d === 'float16' || d === 'float64';
 }
 
-export class GraphError extends Error {
+export class GraphError extends OnewordError {
   override name = 'GraphError';
 }
 

@@ -9,8 +9,9 @@
 import { existsSync, statSync, readFileSync, readdirSync, openSync, readSync, closeSync, fstatSync } from 'node:fs';
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { SafetensorsFile, MAX_HEADER_BYTES, type SafeDType } from './safetensors.ts';
+import { OnewordError } from '../errors.ts';
 
-export class CheckpointError extends Error {
+export class CheckpointError extends OnewordError {
   constructor(readonly path: string, problem: string) {
     super(`${path}: ${problem}`);
     this.name = 'CheckpointError';

@@ -15,18 +15,24 @@ import { openSync, readSync, closeSync } from 'node:fs';
 import { basename, extname } from 'node:path';
 import { SafetensorsFile, writeSafetensors, type SafeDType } from './safetensors.ts';
 import { loadTorchArchive, PyDict, PyObject, TorchTensor, describe, type PyValue, type TorchArchive } from './pickle.ts';
+import { OnewordError, type ErrorDetails } from '../errors.ts';
 
 export type EmbeddingFormat = 'diffusers' | 'diffusers-1d' | 'a1111-safetensors' | 'a1111-pt' | 'diffusers-bin';
 
-export interface Embedding {
-  /** The word to write in prompts: opts.token, else the token stored in a diffusers file, else the file name without extension. */
+/** A word's embedding: N vectors of width D, written in prompts as `token`. */
+export interface LearnedEmbedding {
+  /** The word to write in prompts. */
   token: string;
   /** Row-major [count, dim] float32. */
   vectors: Float32Array;
   /** N: how many tokens the word expands to in the prompt. */
   count: number;
-  /** D: must match the text encoder's hidden size (768 SD1, 1024 SD2); the caller checks. */
+  /** D: must match the text encoder's hidden size (768 SD1, 1024 SD2). */
   dim: number;
+}
+
+/** An embedding read from a file; `token` is opts.token, else the token stored in a diffusers file, else the file name without extension. */
+export interface Embedding extends LearnedEmbedding {
   format: EmbeddingFormat;
   /** The name recorded inside the file, if any (diffusers key, A1111 "name"/metadata name). */
   sourceName?: string;
@@ -34,9 +40,9 @@ export interface Embedding {
   info: Record<string, string>;
 }
 
-export class EmbeddingError extends Error {
+export class EmbeddingError extends OnewordError {
   override name = 'EmbeddingError';
-  constructor(readonly path: string, message: string, options?: { cause?: unknown }) {
+  constructor(readonly path: string, message: string, options?: ErrorDetails) {
     super(`${path}: ${message}`, options);
   }
 }

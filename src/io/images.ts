@@ -17,12 +17,13 @@ import { basename, dirname, extname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import sharp from 'sharp';
 import { encodePng } from './png.ts';
+import { OnewordError, type ErrorDetails } from '../errors.ts';
 
 export { formatA1111Parameters, parseA1111Parameters, readPngParameters, readPngTextChunks, a1111ShortHash, type A1111Parameters } from './png.ts';
 
-export class ImageError extends Error {
+export class ImageError extends OnewordError {
   override name = 'ImageError';
-  constructor(readonly file: string, message: string, options?: { cause?: unknown }) {
+  constructor(readonly file: string, message: string, options?: ErrorDetails) {
     super(`${file}: ${message}`, options);
   }
 }
@@ -240,11 +241,28 @@ export function toChwFloat(img: RgbImage): Float32Array {
 
 /** One training example as diffusers prepares it: CHW float32 [3, size, size] in [-1, 1]. */
 export async function loadTrainingImage(path: string, opts: TrainingImageOptions): Promise<Float32Array> {
+  return trainingPixels(await decodeRgb(path), opts);
+}
+
+/** The same preparation for an image already in memory (crop, resize, scale to [-1, 1]). */
+export function trainingPixels(img: RgbImage, opts: TrainingImageOptions): Float32Array {
   const { size, centerCrop: crop, interpolation = 'bicubic' } = opts;
   if (!Number.isInteger(size) || size < 1) throw new RangeError(`bad training image size ${size}`);
-  let img = await decodeRgb(path);
-  if (crop) img = centerCrop(img);
-  return toChwFloat(resizeRgb(img, size, size, interpolation));
+  const problem = rgbImageProblem(img);
+  if (problem) throw new OnewordError(`image: ${problem}`, { usage: true });
+  return toChwFloat(resizeRgb(crop ? centerCrop(img) : img, size, size, interpolation));
+}
+
+/** Why `img` is not a usable RgbImage, or null when it is. */
+export function rgbImageProblem(img: RgbImage): string | null {
+  if (!img || !(img.data instanceof Uint8Array)) return 'an in-memory image needs data as a Uint8Array of RGB bytes';
+  if (!Number.isInteger(img.width) || !Number.isInteger(img.height) || img.width < 1 || img.height < 1) {
+    return `bad size ${img.width}×${img.height}`;
+  }
+  if (img.data.length !== img.width * img.height * 3) {
+    return `${img.width}×${img.height} RGB needs ${img.width * img.height * 3} bytes, got ${img.data.length}`;
+  }
+  return null;
 }
 
 /** Mirror left↔right of a CHW tensor (any channel count); returns a new array. */

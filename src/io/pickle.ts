@@ -8,8 +8,9 @@
 // global, or an opcode that would import or call something, raises
 // PickleSecurityError naming it. Data opcodes build plain JS values.
 import { ZipArchive, ZipError } from './zip.ts';
+import { OnewordError } from '../errors.ts';
 
-export class PickleError extends Error {
+export class PickleError extends OnewordError {
   override name = 'PickleError';
 }
 

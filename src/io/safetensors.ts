@@ -8,6 +8,7 @@ import { openSync, readSync, writeSync, closeSync, fstatSync, fsyncSync, renameS
 import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { endianness } from 'node:os';
+import { OnewordError } from '../errors.ts';
 
 export type SafeDType = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
 
@@ -48,9 +49,9 @@ export type SafetensorsErrorCode =
   | 'BAD_RANGE'       // a slice request outside the tensor
   | 'INVALID_TENSOR'; // writer input does not match its dtype/shape
 
-export class SafetensorsError extends Error {
+export class SafetensorsError extends OnewordError {
   constructor(readonly path: string, readonly code: SafetensorsErrorCode, problem: string, options?: { cause?: unknown }) {
-    super(`${path}: ${problem}`, options);
+    super(`${path}: ${problem}`, { cause: options?.cause });
     this.name = 'SafetensorsError';
   }
 }

@@ -5,8 +5,9 @@
 // verified, and decompression is capped at the declared size.
 import { openSync, readSync, closeSync, fstatSync } from 'node:fs';
 import { inflateRawSync } from 'node:zlib';
+import { OnewordError } from '../errors.ts';
 
-export class ZipError extends Error {
+export class ZipError extends OnewordError {
   override name = 'ZipError';
 }
 

@@ -3,20 +3,33 @@
 import { createSampler, SAMPLERS, TorchGenerator, type SamplerName } from '../schedulers/index.ts';
 import { decodeLatents, denoise, encodePrompt, matchChunks } from './text-to-image.ts';
 import type { StableDiffusion } from './stable-diffusion.ts';
+import { OnewordError } from '../errors.ts';
 
+/** Options of generate: the `oneword generate` flags, with the same defaults. */
 export interface GenerateOptions {
+  /** A1111 prompt syntax: (word:1.2), (word), [word], BREAK; any length. */
   prompt: string;
-  negative?: string;
+  /** Default "" (empty). */
+  negativePrompt?: string;
+  /** Sampling steps. Default 30. */
   steps?: number;
+  /** Classifier-free guidance scale (1 = no guidance). Default 7.5. */
   guidance?: number;
+  /** One of ddim, pndm, euler, euler-karras, euler-a, dpmpp2m, dpmpp2m-karras. Default "dpmpp2m-karras". */
   sampler?: string;
+  /** Seed of the first image; image i uses seed + i. Default 42. */
   seed?: number;
+  /** Image size, a multiple of the VAE factor. Default: the model's native size. */
   width?: number;
   height?: number;
+  /** Number of images. Default 1. */
   count?: number;
+  /** DDIM noise (ddim only). Default 0. */
   eta?: number;
   onStep?: (image: number, step: number, steps: number) => void;
 }
+
+const KNOWN_OPTIONS = new Set(['prompt', 'negativePrompt', 'steps', 'guidance', 'sampler', 'seed', 'width', 'height', 'count', 'eta', 'onStep']);
 
 export interface GeneratedImage {
   /** CHW float32 in [0, 1]. */
@@ -26,7 +39,7 @@ export interface GeneratedImage {
   seed: number;
 }
 
-export class GenerateError extends Error {
+export class GenerateError extends OnewordError {
   override name = 'GenerateError';
 }
 
@@ -36,10 +49,13 @@ export function defaultSize(sd: StableDiffusion): number {
 }
 
 export function checkGenerateOptions(sd: StableDiffusion, o: GenerateOptions): Required<Omit<GenerateOptions, 'onStep' | 'eta'>> & { eta?: number } {
+  // A misspelt option must not silently fall back to its default.
+  for (const k of Object.keys(o)) if (!KNOWN_OPTIONS.has(k)) throw new GenerateError(`unknown option "${k}"`, { usage: true });
+  if (typeof o.prompt !== 'string') throw GenerateError.badOption('prompt', 'is required (a string)');
   const size = defaultSize(sd);
   const r = {
     prompt: o.prompt,
-    negative: o.negative ?? '',
+    negativePrompt: o.negativePrompt ?? '',
     steps: o.steps ?? 30,
     guidance: o.guidance ?? 7.5,
     sampler: o.sampler ?? 'dpmpp2m-karras',
@@ -50,17 +66,18 @@ export function checkGenerateOptions(sd: StableDiffusion, o: GenerateOptions): R
     eta: o.eta,
   };
   const f = sd.vaeFactor;
-  if (!Number.isInteger(r.steps) || r.steps < 1) throw new GenerateError(`steps must be a positive whole number, got ${r.steps}`);
-  if (!Number.isInteger(r.count) || r.count < 1) throw new GenerateError(`count must be a positive whole number, got ${r.count}`);
-  if (!(r.guidance >= 0)) throw new GenerateError(`cfg must be ≥ 0, got ${r.guidance}`);
-  if (!Number.isInteger(r.seed) || r.seed < 0) throw new GenerateError(`seed must be a whole number ≥ 0, got ${r.seed}`);
+  const bad = (option: string, problem: string) => GenerateError.badOption(option, problem);
+  if (!Number.isInteger(r.steps) || r.steps < 1) throw bad('steps', `must be a positive whole number, got ${r.steps}`);
+  if (!Number.isInteger(r.count) || r.count < 1) throw bad('count', `must be a positive whole number, got ${r.count}`);
+  if (!(r.guidance >= 0)) throw bad('guidance', `must be ≥ 0, got ${r.guidance}`);
+  if (!Number.isInteger(r.seed) || r.seed < 0) throw bad('seed', `must be a whole number ≥ 0, got ${r.seed}`);
   for (const [k, v] of [['width', r.width], ['height', r.height]] as const) {
     if (!Number.isInteger(v) || v <= 0 || v % f !== 0) {
-      throw new GenerateError(`${k} must be a positive multiple of ${f} (this model's VAE downscales by ${f}), got ${v}`);
+      throw bad(k, `must be a positive multiple of ${f} (this model's VAE downscales by ${f}), got ${v}`);
     }
   }
-  if (!(r.sampler in SAMPLERS)) throw new GenerateError(`unknown scheduler "${r.sampler}" (use one of ${Object.keys(SAMPLERS).join(', ')})`);
-  if (r.eta !== undefined && SAMPLERS[r.sampler as SamplerName].kind !== 'ddim') throw new GenerateError('--eta applies to the ddim scheduler only');
+  if (!(r.sampler in SAMPLERS)) throw bad('sampler', `must be one of ${Object.keys(SAMPLERS).join(', ')}, got "${r.sampler}"`);
+  if (r.eta !== undefined && SAMPLERS[r.sampler as SamplerName].kind !== 'ddim') throw bad('eta', 'applies to the ddim sampler only');
   return r;
 }
 
@@ -68,7 +85,7 @@ export async function generate(sd: StableDiffusion, opts: GenerateOptions): Prom
   const o = checkGenerateOptions(sd, opts);
   const f = sd.vaeFactor;
   const latentShape: [number, number, number] = [sd.latentChannels, o.height / f, o.width / f];
-  const [cond, uncond] = await matchChunks(sd, await encodePrompt(sd, o.prompt), await encodePrompt(sd, o.negative));
+  const [cond, uncond] = await matchChunks(sd, await encodePrompt(sd, o.prompt), await encodePrompt(sd, o.negativePrompt));
   const images: GeneratedImage[] = [];
   for (let i = 0; i < o.count; i++) {
     const seed = o.seed + i;

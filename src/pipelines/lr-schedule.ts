@@ -1,9 +1,15 @@
 // Learning-rate schedules: diffusers' constant / linear / cosine (with warmup), and
 // AUTOMATIC1111's piecewise strings such as "5e-3:100, 1e-3:1000, 1e-5".
+import { OnewordError } from '../errors.ts';
+
 export type ScheduleKind = 'constant' | 'linear' | 'cosine';
 
-export class ScheduleError extends Error {
+/** A learning rate or schedule the caller gave that cannot be used. */
+export class ScheduleError extends OnewordError {
   override name = 'ScheduleError';
+  constructor(message: string) {
+    super(message, { usage: true });
+  }
 }
 
 export interface LrSchedule {

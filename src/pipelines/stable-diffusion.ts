@@ -10,11 +10,18 @@ import { clipTextEncoder } from '../models/clip-text.ts';
 import { unet2DCondition } from '../models/unet.ts';
 import { vaeDecode, vaeEncode } from '../models/vae.ts';
 import { Params } from '../models/params.ts';
+import { OnewordError } from '../errors.ts';
+import { EmbeddingError, loadEmbedding, type LearnedEmbedding } from '../io/embeddings.ts';
 import { embeddingTokenNames } from './prompt.ts';
+import { generate, type GeneratedImage, type GenerateOptions } from './generate.ts';
 
+/** Options of StableDiffusion.load (plus `variant: 'fp16'` and `predictionType` from LoadOptions). */
 export interface SDOptions extends LoadOptions {
+  /** How weights reach ONNX Runtime. Default 'external': float32 files are memory-mapped, others cast once and fed. */
   weights?: WeightMode;
+  /** CPU threads. Default: all cores. */
   threads?: number;
+  /** ONNX Runtime graph optimisation. Default 'all'. */
   optimization?: CompileOptions['optimization'];
 }
 
@@ -41,8 +48,28 @@ export class StableDiffusion {
       : CLIPTokenizer.bundled(ckpt.family === 'sd2' ? { padToken: '!' } : {});
   }
 
+  /** Loads a diffusers folder or a single-file SD 1.x / 2.x `.safetensors` (nothing is read beyond headers yet). */
   static load(path: string, opts: SDOptions = {}): StableDiffusion {
     return new StableDiffusion(loadCheckpoint(path, opts), opts);
+  }
+
+  /** Text to images; every option but the prompt has the CLI's default. */
+  generate(opts: GenerateOptions): Promise<GeneratedImage[]> {
+    return generate(this, opts);
+  }
+
+  /**
+   * Teaches the model a word: an embedding file of any supported format (diffusers,
+   * A1111/kohya .safetensors, .pt, .bin) or an embedding in memory (e.g. a training run's).
+   * `token` sets the word to write in prompts (default: the file's own; see loadEmbedding).
+   */
+  loadTextualInversion(source: string | LearnedEmbedding, opts: { token?: string } = {}): LearnedToken {
+    const e = typeof source === 'string' ? loadEmbedding(source, opts) : { ...source, token: opts.token ?? source.token };
+    const where = typeof source === 'string' ? source : `embedding "${e.token}"`;
+    if (e.dim !== this.hiddenSize || e.vectors.length !== e.count * e.dim) {
+      throw new EmbeddingError(where, `the embedding has ${e.vectors.length / e.count}-dimensional vectors but this model's text encoder uses ${this.hiddenSize} (SD 1.x: 768, SD 2.x: 1024)`, { usage: true });
+    }
+    return this.addLearnedToken(e.token, e.vectors, e.count);
   }
 
   get hiddenSize(): number {
@@ -84,11 +111,11 @@ export class StableDiffusion {
   addLearnedToken(token: string, vectors: Float32Array, count: number): LearnedToken {
     const d = this.hiddenSize;
     if (vectors.length !== count * d) {
-      throw new Error(`embedding "${token}": ${vectors.length / count} values per vector, but this model's text encoder uses ${d}`);
+      throw new OnewordError(`embedding "${token}": ${vectors.length / count} values per vector, but this model's text encoder uses ${d}`, { usage: true });
     }
     const existing = this.learned.get(token);
     if (existing) {
-      if (existing.count !== count) throw new Error(`token "${token}" is already loaded with ${existing.count} vectors`);
+      if (existing.count !== count) throw new OnewordError(`token "${token}" is already loaded with ${existing.count} vectors`, { usage: true });
       existing.vectors.set(vectors);
       return existing;
     }

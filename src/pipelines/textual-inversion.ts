@@ -3,12 +3,12 @@
 // its mirror), caption it with a random neutral template, sample its cached latent
 // distribution, noise it at a uniform random timestep, and take an AdamW step on v* to
 // minimise the MSE between the UNet's prediction and the noise (or v).
-import { createHash } from 'node:crypto';
-import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { createHash, type Hash } from 'node:crypto';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.ts';
-import { flipHorizontal, listImages, loadTrainingImage } from '../io/images.ts';
-import { saveA1111Embedding, saveDiffusersEmbedding } from '../io/embeddings.ts';
+import { flipHorizontal, ImageError, listImages, loadTrainingImage, rgbImageProblem, trainingPixels, type RgbImage, type TrainingImageOptions } from '../io/images.ts';
+import { saveA1111Embedding, saveDiffusersEmbedding, type LearnedEmbedding } from '../io/embeddings.ts';
 import { adamWState, adamWStep, clipGradNorm, type AdamWState } from '../optim/adamw.ts';
 import { createScheduler, TorchGenerator } from '../schedulers/index.ts';
 import { tokenizeWeighted } from './prompt.ts';
@@ -16,9 +16,13 @@ import { makeSchedule, type ScheduleKind } from './lr-schedule.ts';
 import { fillTrainingTemplate, readTemplateFile, templatesFor, type ConceptKind } from './templates.ts';
 import { TrainStep } from './ti-step.ts';
 import type { StableDiffusion } from './stable-diffusion.ts';
+import { OnewordError } from '../errors.ts';
+
+/** Training images: a folder, or a list of image files and/or decoded RGB images. */
+export type TrainingImages = string | ReadonlyArray<string | RgbImage>;
 
 export interface TrainOptions {
-  images: string;
+  images: TrainingImages;
   token: string;
   init: string;
   vectors: number;
@@ -38,7 +42,8 @@ export interface TrainOptions {
   maxGradNorm: number | null;
   seed: number;
   saveEvery: number;
-  out: string;
+  /** Folder for checkpoints, the step log and the final embeddings; without it nothing is written. */
+  out?: string;
   adamBeta1: number;
   adamBeta2: number;
   adamEps: number;
@@ -67,13 +72,23 @@ export const TRAIN_DEFAULTS = {
   weightDecay: 1e-2,
 };
 
-export class TrainError extends Error {
+export class TrainError extends OnewordError {
   override name = 'TrainError';
+}
+
+/** One training image, from a file or from memory. */
+interface ImageSource {
+  name: string;
+  /** The image's caption, for [filewords] (a .txt beside an image file; none for images in memory). */
+  caption: string;
+  pixels(opts: TrainingImageOptions): Promise<Float32Array>;
+  /** Feeds the image's content to the hash that ties a saved state to its images. */
+  hash(h: Hash): void;
 }
 
 /** One training image (and, when flips are on, its mirror), encoded once. */
 interface CachedLatents {
-  path: string;
+  name: string;
   /** The image's own caption (its .txt file), for [filewords]. */
   caption: string;
   mean: Float32Array[];
@@ -104,51 +119,96 @@ export function captionOf(imagePath: string): string {
 }
 
 /** Identity of the training set: the images and their captions (a resume must see the same). */
-function hashImages(paths: string[]): string {
+function hashImages(images: ImageSource[]): string {
   const h = createHash('sha256');
-  for (const p of paths) h.update(readFileSync(p)).update(captionOf(p));
+  for (const img of images) img.hash(h);
   return h.digest('hex').slice(0, 16);
+}
+
+const fileSource = (path: string): ImageSource => {
+  const caption = captionOf(path);
+  return {
+    name: path,
+    caption,
+    pixels: (opts) => loadTrainingImage(path, opts),
+    hash: (h) => h.update(readFileSync(path)).update(caption),
+  };
+};
+
+const memorySource = (img: RgbImage, index: number): ImageSource => ({
+  name: `image ${index}`,
+  caption: '',
+  pixels: async (opts) => trainingPixels(img, opts),
+  hash: (h) => h.update(`rgb ${img.width}x${img.height}\n`).update(img.data),
+});
+
+/** The images to train on, checked: a folder's images, or each file or RGB image given. */
+function imageSources(images: TrainingImages): ImageSource[] {
+  const bad = (problem: string) => TrainError.badOption('images', problem);
+  if (typeof images === 'string') {
+    if (!existsSync(images)) throw bad(`${images}: no such folder`);
+    try {
+      return listImages(images).map(fileSource);
+    } catch (e) {
+      if (e instanceof ImageError) throw bad(e.message);
+      throw e;
+    }
+  }
+  if (!images || typeof images.length !== 'number' || images.length === 0) throw bad('must be a folder, or a non-empty list of image files or RGB images');
+  return images.map((img, i) => {
+    if (typeof img === 'string') {
+      if (!existsSync(img) || !statSync(img).isFile()) throw bad(`${img}: no such file`);
+      return fileSource(img);
+    }
+    const problem = rgbImageProblem(img);
+    if (problem) throw bad(`[${i}]: ${problem}`);
+    return memorySource(img, i);
+  });
+}
+
+/** The images option as it can be saved with a training state (in-memory images cannot). */
+function savableImages(images: TrainingImages): TrainingImages | null {
+  if (typeof images === 'string') return images;
+  return images.every((i) => typeof i === 'string') ? images : null;
 }
 
 /**
  * Validates options against the model and the image folder; every problem a user can
  * make is reported here, before any compute.
  */
-export function checkTrainOptions(sd: StableDiffusion, o: TrainOptions): { images: string[]; initIds: number[]; templates: readonly string[] } {
+export function checkTrainOptions(sd: StableDiffusion, o: TrainOptions): { images: ImageSource[]; initIds: number[]; templates: readonly string[] } {
   const f = sd.vaeFactor;
-  if (!/\S/.test(o.token) || /\s/.test(o.token)) throw new TrainError(`--token must be one word without spaces, got "${o.token}"`);
-  if (!Number.isInteger(o.vectors) || o.vectors < 1 || o.vectors > 75) throw new TrainError(`--vectors must be a whole number from 1 to 75, got ${o.vectors}`);
+  const bad = (option: string, problem: string) => TrainError.badOption(option, problem);
+  if (!/\S/.test(o.token) || /\s/.test(o.token)) throw bad('token', `must be one word without spaces, got "${o.token}"`);
+  if (!Number.isInteger(o.vectors) || o.vectors < 1 || o.vectors > 75) throw bad('vectors', `must be a whole number from 1 to 75, got ${o.vectors}`);
   if (!Number.isInteger(o.resolution) || o.resolution < f || o.resolution % f !== 0) {
-    throw new TrainError(`--resolution must be a positive multiple of ${f} (this model's VAE downscales by ${f}), got ${o.resolution}`);
+    throw bad('resolution', `must be a positive multiple of ${f} (this model's VAE downscales by ${f}), got ${o.resolution}`);
   }
-  for (const [k, v] of [['steps', o.steps], ['batch', o.batch], ['grad-accum', o.gradAccum]] as const) {
-    if (!Number.isInteger(v) || v < 1) throw new TrainError(`--${k} must be a positive whole number, got ${v}`);
+  for (const [k, v] of [['steps', o.steps], ['batch', o.batch], ['gradAccum', o.gradAccum]] as const) {
+    if (!Number.isInteger(v) || v < 1) throw bad(k, `must be a positive whole number, got ${v}`);
   }
-  if (!(o.flipP >= 0 && o.flipP <= 1)) throw new TrainError(`--flip-p must be between 0 and 1, got ${o.flipP}`);
-  if (!Number.isInteger(o.saveEvery) || o.saveEvery < 0) throw new TrainError(`--save-every must be a whole number ≥ 0, got ${o.saveEvery}`);
-  if (o.maxGradNorm !== null && !(o.maxGradNorm > 0)) throw new TrainError(`--max-grad-norm must be positive, got ${o.maxGradNorm}`);
-  if (o.what !== 'object' && o.what !== 'style') throw new TrainError(`--what must be object or style, got "${o.what}"`);
+  if (!(o.flipP >= 0 && o.flipP <= 1)) throw bad('flipP', `must be between 0 and 1, got ${o.flipP}`);
+  if (!Number.isInteger(o.saveEvery) || o.saveEvery < 0) throw bad('saveEvery', `must be a whole number ≥ 0, got ${o.saveEvery}`);
+  if (o.maxGradNorm !== null && !(o.maxGradNorm > 0)) throw bad('maxGradNorm', `must be positive, got ${o.maxGradNorm}`);
+  if (o.what !== 'object' && o.what !== 'style') throw bad('what', `must be object or style, got "${o.what}"`);
   makeSchedule(o.lr, o.lrSchedule, o.steps, o.lrWarmup);
   // The token must be new to the tokenizer, in every spelling it would be matched by.
   const existing = sd.tokenizer.tokenToId(o.token) ?? sd.tokenizer.tokenToId(`${o.token}</w>`) ?? sd.tokenizer.tokenToId(`${o.token.toLowerCase()}</w>`);
   if (existing !== undefined) {
-    throw new TrainError(`token "${o.token}" already exists in the vocabulary (id ${existing}); choose a new word such as "<${o.token.replace(/^<|>$/g, '')}>"`);
+    throw new TrainError(`token "${o.token}" already exists in the vocabulary (id ${existing}); choose a new word such as "<${o.token.replace(/^<|>$/g, '')}>"`, { usage: true, option: 'token' });
   }
   const initIds = sd.tokenizer.encode(o.init);
-  if (!o.init.trim() || initIds.length === 0) throw new TrainError(`--init "${o.init}" has no tokens; give a word that describes the concept, e.g. "cat"`);
-  if (!existsSync(o.images)) throw new TrainError(`--images ${o.images}: no such folder`);
-  const images = listImages(o.images);
-  if (images.length === 0) throw new TrainError(`--images ${o.images}: no .jpg, .jpeg, .png or .webp images in this folder`);
+  if (!o.init.trim() || initIds.length === 0) throw bad('init', `"${o.init}" has no tokens; give a word that describes the concept, e.g. "cat"`);
   let templates: readonly string[] = templatesFor(o.what);
   if (o.templateFile) {
-    if (!existsSync(o.templateFile)) throw new TrainError(`--template-file ${o.templateFile}: no such file`);
+    if (!existsSync(o.templateFile)) throw bad('templateFile', `${o.templateFile}: no such file`);
     try {
       templates = readTemplateFile(o.templateFile, readFileSync(o.templateFile, 'utf8'));
     } catch (e) {
-      throw new TrainError((e as Error).message);
+      throw bad('templateFile', (e as Error).message);
     }
   }
-  return { images, initIds, templates };
+  return { images: imageSources(o.images), initIds, templates };
 }
 
 export class TextualInversionTrainer {
@@ -164,7 +224,7 @@ export class TextualInversionTrainer {
   private constructor(
     readonly sd: StableDiffusion,
     readonly opts: TrainOptions,
-    readonly images: string[],
+    readonly images: ImageSource[],
     readonly imagesHash: string,
     initIds: number[],
     readonly templates: readonly string[],
@@ -187,23 +247,47 @@ export class TextualInversionTrainer {
   static async create(sd: StableDiffusion, opts: TrainOptions): Promise<TextualInversionTrainer> {
     const { images, initIds, templates } = checkTrainOptions(sd, opts);
     const t = new TextualInversionTrainer(sd, opts, images, hashImages(images), initIds, templates);
-    const learned = sd.addLearnedToken(opts.token, t.state.vectors, opts.vectors);
-    if (learned.ids[0] !== sd.vocabSize) throw new TrainError('train: the token to learn must be the first added token');
+    // Images first: a file that fails to decode must not leave the word half-registered.
     await t.encodeImages();
-    const f = sd.vaeFactor;
-    const r = opts.resolution / f;
-    t.step = await TrainStep.create(sd, { batch: opts.batch, rows: opts.vectors, latent: [sd.latentChannels, r, r] });
+    sd.addLearnedToken(opts.token, t.state.vectors, opts.vectors);
+    t.step = await t.stepFor(opts.batch);
     return t;
+  }
+
+  /**
+   * The train step for `batch` images. It sees every learned token's rows (the model may
+   * hold other words already); only this token's rows are updated.
+   */
+  private async stepFor(batch: number, current?: TrainStep): Promise<TrainStep> {
+    const rows = this.sd.extraRows().length / this.sd.hiddenSize;
+    if (current && current.shape.rows === rows) return current;
+    const r = this.opts.resolution / this.sd.vaeFactor;
+    return TrainStep.create(this.sd, { batch, rows, latent: [this.sd.latentChannels, r, r] });
+  }
+
+  /** Every learned row, with this token's set to `vectors`. */
+  private rowsWith(vectors: Float32Array): Float32Array {
+    this.sd.addLearnedToken(this.opts.token, vectors, this.opts.vectors);
+    return this.sd.extraRows();
+  }
+
+  /** This token's part of a gradient over every learned row. */
+  private ownGradient(all: Float32Array): Float32Array {
+    const d = this.sd.hiddenSize;
+    const ids = this.sd.learned.get(this.opts.token)!.ids;
+    const g = new Float32Array(ids.length * d);
+    ids.forEach((id, k) => g.set(all.subarray((id - this.sd.vocabSize) * d, (id - this.sd.vocabSize + 1) * d), k * d));
+    return g;
   }
 
   /** The VAE encoder runs once per image (and per mirror), never per step. */
   private async encodeImages(): Promise<void> {
     const size = this.opts.resolution;
     const flips = this.opts.flipP > 0;
-    for (const path of this.images) {
-      const chw = await loadTrainingImage(path, { size, centerCrop: this.opts.centerCrop });
+    for (const image of this.images) {
+      const chw = await image.pixels({ size, centerCrop: this.opts.centerCrop });
       const versions = flips ? [chw, flipHorizontal(chw, size, size)] : [chw];
-      const entry: CachedLatents = { path, caption: captionOf(path), mean: [], std: [] };
+      const entry: CachedLatents = { name: image.name, caption: image.caption, mean: [], std: [] };
       for (const v of versions) {
         const d = await this.sd.vaeEncode(v, [1, 3, size, size]);
         entry.mean.push(d.mean);
@@ -271,11 +355,14 @@ export class TextualInversionTrainer {
     const s = this.state;
     const grad = new Float32Array(s.vectors.length);
     let loss = 0;
+    const rows = this.rowsWith(s.vectors);
+    this.step = await this.stepFor(this.opts.batch, this.step);
     for (let a = 0; a < this.opts.gradAccum; a++) {
       const batch = this.sampleBatch();
-      const r = await this.step.run({ ...batch, t: batch.ts, rows: s.vectors });
+      const r = await this.step.run({ ...batch, t: batch.ts, rows });
       loss += r.loss / this.opts.gradAccum;
-      for (let i = 0; i < grad.length; i++) grad[i] += r.grad[i] / this.opts.gradAccum;
+      const own = this.ownGradient(r.grad);
+      for (let i = 0; i < grad.length; i++) grad[i] += own[i] / this.opts.gradAccum;
     }
     let gradNorm: number | undefined;
     if (this.opts.maxGradNorm !== null) gradNorm = clipGradNorm([grad], this.opts.maxGradNorm);
@@ -299,7 +386,8 @@ export class TextualInversionTrainer {
     const [ch, h, w] = [this.sd.latentChannels, this.opts.resolution / this.sd.vaeFactor, this.opts.resolution / this.sd.vaeFactor];
     const templates = this.templates;
     const timesteps = Array.from({ length: samples }, (_, i) => Math.floor(((i + 0.5) / samples) * this.noiseScheduler.numTrainTimesteps));
-    const fixedStep = this.opts.batch === 1 ? this.step : await TrainStep.create(this.sd, { batch: 1, rows: this.opts.vectors, latent: [ch, h, w] });
+    const rows = this.rowsWith(this.state.vectors);
+    const fixedStep = await this.stepFor(1, this.opts.batch === 1 ? this.step : undefined);
     let total = 0;
     for (let i = 0; i < samples; i++) {
       const img = this.cache[i % this.cache.length];
@@ -309,7 +397,7 @@ export class TextualInversionTrainer {
       const t = timesteps[i];
       const r = await fixedStep.run({
         ids: this.promptIds(templates[i % templates.length], img.caption),
-        rows: this.state.vectors,
+        rows,
         noisy: this.noiseScheduler.addNoise(latents, noise, [t]),
         t: [t],
         target: this.noiseScheduler.trainingTarget(latents, noise, [t]),
@@ -320,7 +408,7 @@ export class TextualInversionTrainer {
   }
 
   /** Atomically writes the whole training state (embedding, AdamW moments, step, RNG, options). */
-  saveState(dir = this.opts.out): string {
+  saveState(dir = this.outDir()): string {
     mkdirSync(dir, { recursive: true });
     const s = this.state;
     s.rng = this.gen.getState();
@@ -338,7 +426,7 @@ export class TextualInversionTrainer {
         adam_step: String(s.adam.step),
         rng: JSON.stringify(s.rng),
         order: JSON.stringify(this.order),
-        options: JSON.stringify(this.opts),
+        options: JSON.stringify({ ...this.opts, images: savableImages(this.opts.images) }),
         images_hash: this.imagesHash,
         model: this.sd.ckpt.source,
       },
@@ -349,10 +437,10 @@ export class TextualInversionTrainer {
   /** Restores a state written by saveState; the images must be the same files. */
   loadState(dir: string): void {
     const path = join(dir, STATE_FILE);
-    if (!existsSync(path)) throw new TrainError(`--resume ${dir}: no ${STATE_FILE} in this folder`);
+    if (!existsSync(path)) throw TrainError.badOption('resume', `${dir}: no ${STATE_FILE} in this folder`);
     const f = SafetensorsFile.open(path);
     if (f.metadata.format !== 'oneword-train-state') throw new TrainError(`${path}: not a oneword training state`);
-    if (f.metadata.images_hash !== this.imagesHash) throw new TrainError(`--resume ${dir}: the training images changed since this state was saved`);
+    if (f.metadata.images_hash !== this.imagesHash) throw TrainError.badOption('resume', `${dir}: the training images changed since this state was saved`);
     const vectors = f.readFloat32('vectors');
     if (vectors.length !== this.state.vectors.length) throw new TrainError(`${path}: ${vectors.length} values, expected ${this.state.vectors.length}`);
     this.state.vectors.set(vectors);
@@ -363,24 +451,57 @@ export class TextualInversionTrainer {
     this.sd.addLearnedToken(this.opts.token, this.state.vectors, this.opts.vectors);
   }
 
-  /** Writes the learned word in both formats: diffusers and A1111/ComfyUI. */
-  saveEmbeddings(dir = this.opts.out, suffix = ''): { diffusers: string; a1111: string } {
-    mkdirSync(dir, { recursive: true });
+  /** The word learned so far. */
+  get embedding(): LearnedEmbedding {
     const d = this.sd.hiddenSize;
-    const name = this.opts.token.replace(/^<|>$/g, '') || 'embedding';
-    const diffusers = join(dir, `learned_embeds${suffix}.safetensors`);
-    const a1111 = join(dir, `${name}${suffix}.safetensors`);
-    saveDiffusersEmbedding(diffusers, this.opts.token, this.state.vectors, this.opts.vectors, d);
-    saveA1111Embedding(a1111, name, this.state.vectors, this.opts.vectors, d, { step: this.state.step, sdCheckpointName: this.sd.ckpt.source });
-    return { diffusers, a1111 };
+    return { token: this.opts.token, vectors: Float32Array.from(this.state.vectors), count: this.opts.vectors, dim: d };
+  }
+
+  /** Writes the learned word in both formats: diffusers and A1111/ComfyUI. */
+  saveEmbeddings(dir = this.outDir(), suffix = ''): { diffusers: string; a1111: string } {
+    const files = writeEmbeddingFiles(dir, this.embedding, { suffix, step: this.state.step, model: this.sd.ckpt.source });
+    return { diffusers: files.diffusers!, a1111: files.a1111! };
+  }
+
+  private outDir(): string {
+    if (!this.opts.out) throw new TrainError('this training run has no output folder (out)', { usage: true, option: 'out' });
+    return this.opts.out;
   }
 }
 
-/** Reads the options saved in a state folder (for --resume). */
-export function savedOptions(dir: string): TrainOptions {
+export type EmbeddingFileFormat = 'diffusers' | 'a1111';
+
+/**
+ * Writes a learned word as `learned_embeds<suffix>.safetensors` (diffusers) and/or
+ * `<name><suffix>.safetensors` (AUTOMATIC1111 / ComfyUI; name = the token without <>).
+ */
+export function writeEmbeddingFiles(
+  dir: string,
+  e: LearnedEmbedding,
+  opts: { formats?: readonly EmbeddingFileFormat[]; suffix?: string; step?: number; model?: string } = {},
+): Partial<Record<EmbeddingFileFormat, string>> {
+  const formats = opts.formats ?? ['diffusers', 'a1111'];
+  for (const f of formats) if (f !== 'diffusers' && f !== 'a1111') throw TrainError.badOption('formats', `must list "diffusers" and/or "a1111", got "${f}"`);
+  mkdirSync(dir, { recursive: true });
+  const suffix = opts.suffix ?? '';
+  const name = e.token.replace(/^<|>$/g, '') || 'embedding';
+  const files: Partial<Record<EmbeddingFileFormat, string>> = {};
+  if (formats.includes('diffusers')) {
+    files.diffusers = join(dir, `learned_embeds${suffix}.safetensors`);
+    saveDiffusersEmbedding(files.diffusers, e.token, e.vectors, e.count, e.dim);
+  }
+  if (formats.includes('a1111')) {
+    files.a1111 = join(dir, `${name}${suffix}.safetensors`);
+    saveA1111Embedding(files.a1111, name, e.vectors, e.count, e.dim, { step: opts.step, sdCheckpointName: opts.model });
+  }
+  return files;
+}
+
+/** Reads the options saved in a state folder (to resume); `images` is null for in-memory images. */
+export function savedOptions(dir: string): Omit<TrainOptions, 'images'> & { images: TrainingImages | null } {
   const path = join(dir, STATE_FILE);
-  if (!existsSync(path)) throw new TrainError(`--resume ${dir}: no ${STATE_FILE} in this folder`);
-  return JSON.parse(SafetensorsFile.open(path).metadata.options) as TrainOptions;
+  if (!existsSync(path)) throw TrainError.badOption('resume', `${dir}: no ${STATE_FILE} in this folder`);
+  return JSON.parse(SafetensorsFile.open(path).metadata.options) as Omit<TrainOptions, 'images'> & { images: TrainingImages | null };
 }
 
 export interface TrainHooks {
@@ -391,19 +512,22 @@ export interface TrainHooks {
 }
 
 /**
- * The training loop: steps until `opts.steps`, checkpoints every `saveEvery` steps and when
- * stopped (Ctrl-C), logs each step to train-log.jsonl. Returns the final log lines.
+ * The training loop: steps until `opts.steps`. With an output folder it also logs each
+ * step to train-log.jsonl, checkpoints every `saveEvery` steps, when stopped (Ctrl-C) and
+ * at the end; without one it writes nothing.
  */
 export async function train(trainer: TextualInversionTrainer, hooks: TrainHooks = {}): Promise<{ stopped: boolean; last?: StepLog }> {
   const o = trainer.opts;
-  mkdirSync(o.out, { recursive: true });
-  const logPath = join(o.out, 'train-log.jsonl');
+  const out = o.out;
+  if (out) mkdirSync(out, { recursive: true });
+  const logPath = out ? join(out, 'train-log.jsonl') : null;
   const t0 = performance.now();
   let running = NaN;
   let last: StepLog | undefined;
   const checkpoint = () => {
+    if (!out) return;
     const files = [trainer.saveState()];
-    const e = trainer.saveEmbeddings(o.out, `-steps-${trainer.state.step}`);
+    const e = trainer.saveEmbeddings(out, `-steps-${trainer.state.step}`);
     files.push(e.diffusers, e.a1111);
     hooks.onSave?.(trainer.state.step, files);
   };
@@ -414,15 +538,17 @@ export async function train(trainer: TextualInversionTrainer, hooks: TrainHooks 
     }
     last = await trainer.trainStep(t0);
     running = Number.isNaN(running) ? last.loss : 0.98 * running + 0.02 * last.loss;
-    appendFileSync(logPath, `${JSON.stringify(last)}\n`);
+    if (logPath) appendFileSync(logPath, `${JSON.stringify(last)}\n`);
     hooks.onStep?.(last, running);
     const step = trainer.state.step;
     if (o.saveEvery > 0 && step % o.saveEvery === 0 && step < o.steps) checkpoint();
     if (hooks.preview && hooks.preview.every > 0 && step % hooks.preview.every === 0 && step < o.steps) await hooks.preview.run(trainer);
   }
-  trainer.saveState();
-  const e = trainer.saveEmbeddings();
-  hooks.onSave?.(trainer.state.step, [e.diffusers, e.a1111]);
+  if (out) {
+    trainer.saveState();
+    const e = trainer.saveEmbeddings();
+    hooks.onSave?.(trainer.state.step, [e.diffusers, e.a1111]);
+  }
   if (hooks.preview && hooks.preview.every > 0) await hooks.preview.run(trainer);
   return { stopped: false, last };
 }

@@ -8,8 +8,9 @@
 //   by ORT: no private copy at all. With prepacking disabled the run speed is unchanged.
 import ort from 'onnxruntime-node';
 import { createHash } from 'node:crypto';
+import { statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { exportOnnx, type ExportOptions } from '../graph/onnx.ts';
+import { exportOnnx, type ExportedModel, type ExportOptions } from '../graph/onnx.ts';
 import { GraphError, Tensor, type DType, type HostArray } from '../graph/tensor.ts';
 
 export interface CompileOptions extends ExportOptions {
@@ -45,13 +46,18 @@ function toOrt(dtype: DType, shape: readonly number[], data: Feed): ort.Tensor {
   return new ort.Tensor(ORT_TYPE[dtype], arr as any, shape as number[]);
 }
 
+/**
+ * A compiled graph bound to its weights. The ORT session is shared by every graph of the
+ * same structure; fed weights belong to this object, so two models of one architecture
+ * share a session but never each other's weights.
+ */
 export class CompiledGraph {
   private readonly weightTensors: Record<string, ort.Tensor> = {};
   constructor(
     readonly session: ort.InferenceSession,
     readonly inputs: Array<{ name: string; dtype: DType; shape: readonly number[] }>,
     readonly outputNames: string[],
-    weightFeeds: ReturnType<typeof exportOnnx>['weightFeeds'],
+    weightFeeds: ExportedModel['weightFeeds'],
   ) {
     for (const [name, w] of weightFeeds) this.weightTensors[name] = toOrt(w.dtype, w.shape, w.data());
   }
@@ -73,42 +79,56 @@ export class CompiledGraph {
   }
 }
 
-const cache = new Map<string, Promise<CompiledGraph>>();
+const sessions = new Map<string, Promise<ort.InferenceSession>>();
 
-/** Compiles the sub-graph computing `outputs`; identical graphs share one session. */
+/**
+ * What a session's outputs depend on besides its fed inputs: the model bytes (graph and
+ * inline weights), the session options, and the contents of external-data files, which
+ * the bytes only name (a file rewritten in place gets a new identity).
+ */
+function sessionKey(exported: ExportedModel, options: unknown): string {
+  const h = createHash('sha256').update(exported.bytes).update(JSON.stringify(options));
+  for (const file of exported.externalFiles) {
+    const st = statSync(file, { bigint: true });
+    h.update(JSON.stringify([file, String(st.dev), String(st.ino), String(st.size), String(st.mtimeNs), String(st.ctimeNs)]));
+  }
+  return h.digest('hex');
+}
+
+/** Compiles the sub-graph computing `outputs`; graphs of the same structure share one session. */
 export async function compile(outputs: Record<string, Tensor>, opts: CompileOptions = {}): Promise<CompiledGraph> {
   const exported = exportOnnx(outputs, opts);
   const threads = opts.threads ?? availableParallelism();
   const level = opts.optimization ?? 'all';
-  const key = createHash('sha256')
-    .update(exported.bytes)
-    .update(JSON.stringify({ threads, level, p: opts.disablePrepacking ?? false, s: opts.spinning ?? null, r: exported.externalRoot ?? '' }))
-    .digest('hex');
-  const hit = cache.get(key);
-  if (hit) return hit;
-  const sessionOptions: ort.InferenceSession.SessionOptions = {
-    intraOpNumThreads: threads,
-    interOpNumThreads: 1,
-    graphOptimizationLevel: level,
-    executionMode: 'sequential',
-    ...(opts.profilePrefix ? { enableProfiling: true, profileFilePrefix: opts.profilePrefix } : {}),
-    extra: {
-      session: {
-        ...(opts.disablePrepacking ? { disable_prepacking: '1' } : {}),
-        ...(opts.spinning !== undefined ? { 'session.intra_op.allow_spinning': opts.spinning ? '1' : '0' } : {}),
-        ...(exported.externalRoot ? { model_external_initializers_file_folder_path: exported.externalRoot } : {}),
+  const key = sessionKey(exported, {
+    threads, level, p: opts.disablePrepacking ?? false, s: opts.spinning ?? null, r: exported.externalRoot ?? '', prof: opts.profilePrefix ?? null,
+  });
+  let session = sessions.get(key);
+  if (!session) {
+    const sessionOptions: ort.InferenceSession.SessionOptions = {
+      intraOpNumThreads: threads,
+      interOpNumThreads: 1,
+      graphOptimizationLevel: level,
+      executionMode: 'sequential',
+      ...(opts.profilePrefix ? { enableProfiling: true, profileFilePrefix: opts.profilePrefix } : {}),
+      extra: {
+        session: {
+          ...(opts.disablePrepacking ? { disable_prepacking: '1' } : {}),
+          ...(opts.spinning !== undefined ? { 'session.intra_op.allow_spinning': opts.spinning ? '1' : '0' } : {}),
+          ...(exported.externalRoot ? { model_external_initializers_file_folder_path: exported.externalRoot } : {}),
+        },
       },
-    },
-  };
-  const made = ort.InferenceSession.create(exported.bytes, sessionOptions).then(
-    (s) => new CompiledGraph(s, exported.inputs, exported.outputNames, exported.weightFeeds),
-  );
-  cache.set(key, made);
-  made.catch(() => cache.delete(key));
-  return made;
+    };
+    const created = ort.InferenceSession.create(exported.bytes, sessionOptions);
+    sessions.set(key, created);
+    created.catch(() => sessions.delete(key));
+    session = created;
+  }
+  // Fed weights are bound here, per compiled graph, never stored with the shared session.
+  return new CompiledGraph(await session, exported.inputs, exported.outputNames, exported.weightFeeds);
 }
 
 /** Drops cached sessions (e.g. between benchmark cases). */
 export function clearSessionCache(): void {
-  cache.clear();
+  sessions.clear();
 }

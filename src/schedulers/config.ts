@@ -3,6 +3,7 @@
 // config into the settings of a possibly different scheduler class.
 
 import { defaultSchedulerConfig as checkpointSchedulerDefaults } from '../io/checkpoint.ts';
+import { OnewordError } from '../errors.ts';
 
 /** A scheduler_config.json as parsed (diffusers writes Python floats, e.g. -Infinity). */
 export type RawSchedulerConfig = Record<string, unknown>;
@@ -24,7 +25,7 @@ export interface BaseSchedulerConfig {
   rescale_betas_zero_snr: boolean;
 }
 
-export class SchedulerConfigError extends Error {
+export class SchedulerConfigError extends OnewordError {
   override name = 'SchedulerConfigError';
 }
 

@@ -10,7 +10,8 @@ import { saveDiffusersEmbedding } from '../../src/io/embeddings.ts';
 import { StableDiffusion } from '../../src/pipelines/stable-diffusion.ts';
 import { generate } from '../../src/pipelines/generate.ts';
 import { tokenizeWeighted } from '../../src/pipelines/prompt.ts';
-import { TorchGenerator } from '../../src/schedulers/index.ts';
+import { createSampler, TorchGenerator } from '../../src/schedulers/index.ts';
+import { decodeLatents, denoise, encodePrompt, matchChunks } from '../../src/pipelines/text-to-image.ts';
 import { SafetensorsFile } from '../../src/io/safetensors.ts';
 
 const FIX = new URL('../fixtures/', import.meta.url).pathname;
@@ -41,12 +42,26 @@ test('generate: the same seed gives byte-identical PNGs, with A1111 parameters',
   }
 });
 
-test('generate: initial latents are torch.randn from a CPU generator seeded with the seed', () => {
-  // The reference file's first random draw from seed 0 is unet.latents.
+test('generate: image i starts from torch.randn of a CPU generator seeded with seed + i', async () => {
+  // torch.randn itself: the reference file's first random draw from seed 0 is unet.latents.
   const ref = SafetensorsFile.open(join(FIX, 'sd1-tiny.ref.seed0.safetensors'));
-  const want = ref.readFloat32('unet.latents');
-  const got = new TorchGenerator(0).randn(ref.info('unet.latents').shape);
-  assert.deepEqual([...got], [...want]);
+  assert.deepEqual([...new TorchGenerator(0).randn(ref.info('unet.latents').shape)], [...ref.readFloat32('unet.latents')]);
+  // generate() draws each image's latents (and the sampler's noise) from that generator.
+  const sd = StableDiffusion.load(join(FIX, 'sd1-tiny'));
+  const opts = { prompt: 'a photo of an astronaut', steps: 3, sampler: 'euler-a', seed: 7, count: 2, width: 48, height: 32 };
+  const images = await generate(sd, opts);
+  const latentShape = [sd.latentChannels, 16, 24] as const;
+  const [cond, uncond] = await matchChunks(sd, await encodePrompt(sd, opts.prompt), await encodePrompt(sd, ''));
+  for (const [i, img] of images.entries()) {
+    assert.equal(img.seed, 7 + i);
+    const gen = new TorchGenerator(7 + i);
+    const initLatents = gen.randn([1, ...latentShape]);
+    const scheduler = createSampler('euler-a', sd.ckpt.schedulerConfig);
+    const latents = await denoise(sd, { scheduler, steps: 3, guidance: 7.5, initLatents, latentShape, cond, uncond, noise: gen });
+    const { image } = await decodeLatents(sd, latents, latentShape);
+    assert.deepEqual([...img.pixels], [...image], `image ${i}`);
+  }
+  assert.notDeepEqual([...images[0].pixels], [...images[1].pixels]);
 });
 
 test('generate: a learned embedding changes the image only where its token is used', async () => {
@@ -75,18 +90,23 @@ test('generate: a learned embedding changes the image only where its token is us
   }
 });
 
-test('generate: bad options are clear errors', () => {
+test('generate: bad options are clear errors, exit 2 for a bad call and 1 for a failed one', () => {
   const m = ['--model', join(FIX, 'sd1-tiny'), '--prompt', 'x'];
-  const cases: Array<[string[], RegExp]> = [
-    [['--width', '63'], /width must be a positive multiple of 2/],
-    [['--scheduler', 'heun'], /unknown scheduler "heun"/],
-    [['--steps', '0'], /steps must be a positive whole number/],
-    [['--steps', 'many'], /--steps needs a number/],
-    [['--embedding', join(FIX, 'embeddings', 'nope.safetensors')], /nope\.safetensors/],
+  const cases: Array<[string[], number, RegExp]> = [
+    [['--width', '63'], 2, /--width must be a positive multiple of 2/],
+    [['--scheduler', 'heun'], 2, /--scheduler must be one of ddim, .*got "heun"/],
+    [['--cfg', '-1'], 2, /--cfg must be ≥ 0, got -1/],
+    [['--steps', '0'], 2, /--steps must be a positive whole number/],
+    [['--steps', 'many'], 2, /--steps needs a number/],
+    [['--eta', '0.5'], 2, /--eta applies to the ddim sampler only/],
+    [['--embedding', join(FIX, 'embeddings', 'nope.safetensors')], 1, /nope\.safetensors: cannot read/],
   ];
-  for (const [extra, re] of cases) {
+  for (const [extra, status, re] of cases) {
     const r = run([...m, ...extra, '--quiet']);
-    assert.notEqual(r.status, 0);
+    assert.equal(r.status, status, `${extra.join(' ')}: ${r.stderr}`);
     assert.match(r.stderr, re);
   }
+  const noModel = run(['--model', join(FIX, 'no-such-model'), '--prompt', 'x', '--quiet']);
+  assert.equal(noModel.status, 1, noModel.stderr);
+  assert.match(noModel.stderr, /no-such-model: no such file or folder/);
 });

@@ -144,18 +144,23 @@ test('train: bad input fails before training with a specific message', async () 
     await conceptImages(corrupt, 2);
     writeFileSync(join(corrupt, 'broken.png'), Buffer.from('\x89PNG\r\n\x1a\nnot really a png'));
     const out = join(dir, 'out');
-    const cases: Array<[string[], RegExp]> = [
-      [['train', '--model', MODEL, '--images', empty, '--token', '<x>', '--init', 'star', '--out', out], /no images found/],
-      [['train', '--model', MODEL, '--images', join(dir, 'missing'), '--token', '<x>', '--init', 'star', '--out', out], /no such folder/],
-      [['train', '--model', MODEL, '--images', corrupt, '--token', '<x>', '--init', 'star', '--out', out], /broken\.png/],
-      [['train', '--model', MODEL, '--images', images, '--token', 'star', '--init', 'star', '--out', out], /token "star" already exists in the vocabulary/],
-      [['train', '--model', MODEL, '--images', images, '--token', '<x>', '--init', '   ', '--out', out], /--init .* has no tokens/],
-      [['train', '--model', MODEL, '--images', images, '--token', '<x>', '--init', 'star', '--resolution', '33', '--out', out], /--resolution must be a positive multiple of 2/],
-      [['train', '--model', MODEL, '--images', images, '--token', '<x>', '--init', 'star', '--lr', '5e-3:100, oops', '--out', out], /"oops" is not a positive number/],
+    const start = (extra: string[]) => ['train', '--model', MODEL, '--out', out, ...extra];
+    // Exit 2: the call is wrong (fix an option); exit 1: the run failed (here, a file).
+    const cases: Array<[string[], number, RegExp]> = [
+      [start(['--images', empty, '--token', '<x>', '--init', 'star']), 2, /--images .*empty: no images found/],
+      [start(['--images', join(dir, 'missing'), '--token', '<x>', '--init', 'star']), 2, /--images .*missing: no such folder/],
+      [start(['--images', corrupt, '--token', '<x>', '--init', 'star']), 1, /broken\.png: cannot decode image/],
+      [start(['--images', images, '--token', 'star', '--init', 'star']), 2, /token "star" already exists in the vocabulary/],
+      [start(['--images', images, '--token', '<x>', '--init', '   ']), 2, /--init "   " has no tokens/],
+      [start(['--images', images, '--token', '<x>', '--init', 'star', '--resolution', '33']), 2, /--resolution must be a positive multiple of 2/],
+      [start(['--images', images, '--token', '<x>', '--init', 'star', '--flip-p', '2']), 2, /--flip-p must be between 0 and 1, got 2/],
+      [start(['--images', images, '--token', '<x>', '--init', 'star', '--lr', '5e-3:100, oops']), 2, /"oops" is not a positive number/],
+      [start(['--images', images, '--token', '<x>']), 2, /train needs --init/],
+      [start(['--images', images, '--token', '<x>', '--init', 'star', '--what', 'scenery']), 2, /--what must be object or style, got "scenery"/],
     ];
-    for (const [args, re] of cases) {
+    for (const [args, status, re] of cases) {
       const r = cli(args);
-      assert.notEqual(r.status, 0, args.join(' '));
+      assert.equal(r.status, status, `${args.join(' ')}: ${r.stderr}`);
       assert.match(r.stderr, re);
     }
     assert.ok(!existsSync(join(out, 'train-state.safetensors')), 'a failed start wrote training state');

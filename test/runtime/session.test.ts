@@ -1,4 +1,6 @@
-// Runtime: the three ways weights reach ORT give identical results, and sessions are cached.
+// Runtime: the three ways weights reach ORT give identical results, and sessions are cached
+// by everything that decides their outputs (graph, inline weights, external files), while
+// fed weights stay with each compiled graph.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
@@ -6,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as o from '../../src/graph/index.ts';
 import { compile } from '../../src/runtime/session.ts';
-import { SafetensorsFile } from '../../src/io/safetensors.ts';
+import { SafetensorsFile, writeSafetensors } from '../../src/io/safetensors.ts';
 
 function tinySafetensors(path: string, name: string, data: Float32Array, shape: number[]) {
   // A second tensor first, so the weight does not start at the data section's beginning.
@@ -59,15 +61,72 @@ test('external weights outside the model folder are refused', async () => {
   }
 });
 
-test('identical graphs share one compiled session', async () => {
-  const build = () => {
+/** y = x·Wᵀ for a 3×2 weight, compiled with the weights reaching ORT in `mode`. */
+function linearModel(values: Float32Array, mode: 'inline' | 'feed') {
+  const g = new o.Graph();
+  const x = g.input('x', [1, 2]);
+  const w = g.weight('w', [3, 2], { kind: 'memory', data: values });
+  return compile({ y: o.linear(x, w) }, { weights: mode });
+}
+
+const run = async (c: Awaited<ReturnType<typeof compile>>) => [...((await c.run({ x: [1, 2] })).y as Float32Array)];
+
+test('graphs of one structure with different fed weights each compute with their own', async () => {
+  const a = await linearModel(Float32Array.from([1, 0, 0, 1, 1, 1]), 'feed');
+  const b = await linearModel(Float32Array.from([2, 0, 0, 2, 2, 2]), 'feed');
+  // One session serves both: the weights are inputs bound per compiled graph.
+  assert.equal(a.session, b.session);
+  assert.deepEqual(await run(a), [1, 2, 3]);
+  assert.deepEqual(await run(b), [2, 4, 6]);
+  assert.deepEqual(await run(a), [1, 2, 3], 'compiling b changed what a computes');
+});
+
+test('inline weights are part of the model: different values, different sessions', async () => {
+  const a = await linearModel(Float32Array.from([1, 0, 0, 1, 1, 1]), 'inline');
+  const b = await linearModel(Float32Array.from([2, 0, 0, 2, 2, 2]), 'inline');
+  const again = await linearModel(Float32Array.from([1, 0, 0, 1, 1, 1]), 'inline');
+  assert.notEqual(a.session, b.session);
+  assert.equal(again.session, a.session);
+  assert.deepEqual(await run(a), [1, 2, 3]);
+  assert.deepEqual(await run(b), [2, 4, 6]);
+});
+
+test('a weight file replaced on disk is read again, not served from the old session', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'oneword-rt-'));
+  try {
+    const file = join(dir, 'w.safetensors');
+    const build = () => {
+      const st = SafetensorsFile.open(file);
+      const info = st.info('w');
+      const g = new o.Graph();
+      const x = g.input('x', [1, 2]);
+      const w = g.weight('w', [3, 2], { kind: 'file', path: file, offset: info.offset, length: info.byteLength, read: () => st.readFloat32('w') });
+      return compile({ y: o.linear(x, w) }, { weights: 'external', externalRoot: dir });
+    };
+    writeSafetensors(file, { w: { dtype: 'F32', shape: [3, 2], data: Float32Array.from([1, 0, 0, 1, 1, 1]) } });
+    const a = await build();
+    assert.equal((await build()).session, a.session, 'the same file compiled twice should reuse its session');
+    writeSafetensors(file, { w: { dtype: 'F32', shape: [3, 2], data: Float32Array.from([2, 0, 0, 2, 2, 2]) } });
+    const b = await build();
+    assert.notEqual(b.session, a.session);
+    assert.deepEqual(await run(b), [2, 4, 6]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('identical graphs share one session; a different graph gets its own', async () => {
+  const build = (op: (x: o.Tensor) => o.Tensor) => {
     const g = new o.Graph();
     const x = g.input('x', [4]);
-    return { y: o.exp(x) };
+    return { y: op(x) };
   };
-  const a = await compile(build());
-  const b = await compile(build());
-  assert.equal(a, b);
+  const a = await compile(build(o.exp));
+  const b = await compile(build(o.exp));
+  const c = await compile(build(o.neg));
+  assert.equal(a.session, b.session);
+  assert.notEqual(c.session, a.session);
   const y = (await a.run({ x: [0, 1, 2, 3] })).y as Float32Array;
   assert.ok(Math.abs(y[2] - Math.exp(2)) < 1e-5);
+  assert.deepEqual([...((await c.run({ x: [0, 1, 2, 3] })).y as Float32Array)], [-0, -1, -2, -3]);
 });
