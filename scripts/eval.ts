@@ -6,7 +6,9 @@
 import { runDemo } from '../src/cli/demo.ts';
 import type { Attrs } from '../src/shapes/attributes.ts';
 
-const suites = process.argv.slice(2).filter((a) => !a.startsWith('--'));
+// Suite names are the words that are neither flags nor a flag's value (--model DIR …).
+const argv = process.argv.slice(2);
+const suites = argv.filter((a, i) => !a.startsWith('--') && !(i > 0 && argv[i - 1].startsWith('--')));
 const wanted = suites.length ? suites : ['shapes', 'concepts'];
 
 const CONCEPTS: Array<Partial<Attrs>> = [

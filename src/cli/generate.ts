@@ -17,7 +17,7 @@ Options:
   --negative TEXT       negative prompt (default: empty)
   --steps N             sampling steps (default 30)
   --cfg X               classifier-free guidance scale (default 7.5; 1 = no guidance)
-  --scheduler NAME      sampler (default dpmpp2m-karras):
+  --scheduler NAME      sampler (default dpmpp2m-karras; dpmpp2m for zero-terminal-SNR models):
 ${describeSamplers().replace(/^/gm, '    ')}
   --eta X               DDIM noise (ddim only; default 0)
   --seed N              seed of the first image; image i uses seed + i (default 42)

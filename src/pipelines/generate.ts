@@ -15,7 +15,7 @@ export interface GenerateOptions {
   steps?: number;
   /** Classifier-free guidance scale (1 = no guidance). Default 7.5. */
   guidance?: number;
-  /** One of ddim, pndm, euler, euler-karras, euler-a, dpmpp2m, dpmpp2m-karras. Default "dpmpp2m-karras". */
+  /** One of ddim, pndm, euler, euler-karras, euler-a, dpmpp2m, dpmpp2m-karras. Default "dpmpp2m-karras" (dpmpp2m for zero-terminal-SNR models). */
   sampler?: string;
   /** Seed of the first image; image i uses seed + i. Default 42. */
   seed?: number;
@@ -43,6 +43,15 @@ export class GenerateError extends OnewordError {
   override name = 'GenerateError';
 }
 
+/**
+ * DPM++ 2M on Karras sigmas, except for zero-terminal-SNR models (rescale_betas_zero_snr),
+ * whose last training sigma is 4096: Karras spacing from there gives black images here, so
+ * those get DPM++ 2M on the model's own (trailing) timesteps.
+ */
+export function defaultSampler(sd: StableDiffusion): SamplerName {
+  return sd.ckpt.schedulerConfig?.rescale_betas_zero_snr === true ? 'dpmpp2m' : 'dpmpp2m-karras';
+}
+
 /** The model's native size: UNet sample_size × VAE factor (512 for SD 1.5). */
 export function defaultSize(sd: StableDiffusion): number {
   return (sd.ckpt.unetConfig.sample_size ?? 64) * sd.vaeFactor;
@@ -58,7 +67,7 @@ export function checkGenerateOptions(sd: StableDiffusion, o: GenerateOptions): R
     negativePrompt: o.negativePrompt ?? '',
     steps: o.steps ?? 30,
     guidance: o.guidance ?? 7.5,
-    sampler: o.sampler ?? 'dpmpp2m-karras',
+    sampler: o.sampler ?? defaultSampler(sd),
     seed: o.seed ?? 42,
     width: o.width ?? size,
     height: o.height ?? size,

@@ -27,6 +27,12 @@ export const DEFAULT_EVAL_PROMPTS: EvalPrompt[] = [
   { template: 'a large {} at the top right on a beige background', constraints: { size: 'large', position: 'top-right', background: 'beige' } },
 ];
 
+/**
+ * Guidance for the shapes model: at SD's usual 7.5 its zero-terminal-SNR sampling
+ * over-saturates colours (red drifts to brown), which the analyzer then misreads.
+ */
+export const SHAPES_GUIDANCE = 5;
+
 export type NamingMethod = 'learned' | 'init_word' | 'description';
 
 /** The prompt text for a template and a name, with "a"/"an" fixed for the word that follows. */
@@ -105,7 +111,7 @@ export async function evaluateConcept(sd: StableDiffusion, concept: Concept, lea
     for (const [pi, p] of prompts.entries()) {
       const prompt = fillTemplate(p.template, names[method]);
       // The same seeds for every method, so the methods differ only in the words.
-      const images = await generate(sd, { prompt, count: o.count ?? 4, steps: o.steps ?? 25, guidance: o.guidance ?? 7.5, seed: (o.seed ?? 1000) + pi * 100, sampler: o.sampler ?? 'dpmpp2m-karras' });
+      const images = await generate(sd, { prompt, count: o.count ?? 4, steps: o.steps ?? 25, guidance: o.guidance ?? SHAPES_GUIDANCE, seed: (o.seed ?? 1000) + pi * 100, sampler: o.sampler });
       for (const img of images) {
         const a = analyze(toRgbImage(img)).attrs;
         const v = { prompt, seed: img.seed, attrs: a, ...judge(a, concept, p.constraints) };

@@ -38,11 +38,14 @@ test('models/shapes is a diffusers SD 1.x folder under 40 MB', { skip: !present 
   assert.ok(existsSync(join(DIR, 'TRAINING.md')));
 });
 
-test('models/shapes follows prompts above chance (16 seeded prompts)', { skip: !present && 'models/shapes not trained yet' }, async () => {
-  // The shipped model is under-trained (see models/shapes/TRAINING.md): the issue's targets
-  // (colour/position/background ≥ 0.85, shape ≥ 0.7) live in `npm run eval -- shapes`. Here:
-  // what the model does reliably — colour well above chance (1/8), and all textures drawn.
+test('models/shapes follows its prompts (16 seeded prompts)', { skip: !present && 'models/shapes not trained yet' }, async () => {
+  // The full measurement is `npm run eval -- shapes` (200 prompts: colour 0.91, position 0.99,
+  // background 0.93, size 0.92, shape 0.96; see TRAINING.md). Here a quick version with
+  // margins for 16 prompts and 15 steps (colour reads 0.69 here), far above chance (colour
+  // 1/8, position 1/9, shape 1/6).
   const r = await evaluateModel(loadSamplerModel(DIR), { prompts: 16, steps: 15, batch: 8, varietyPrompts: 0 });
-  assert.ok(r.color >= 0.35, `color ${r.color} (chance 0.125)`);
+  for (const [k, min] of [['color', 0.5], ['position', 0.75], ['background', 0.7], ['size', 0.7], ['shape', 0.7]] as const) {
+    assert.ok(r[k] >= min, `${k} ${r[k]} < ${min}: ${JSON.stringify(r)}`);
+  }
   assert.ok(r.textures >= 2, `textures ${JSON.stringify(r.textureCounts)}`);
 });
