@@ -8,7 +8,8 @@ import { vaeDecode, vaeEncode } from '../models/vae.ts';
 import type { ParsedArch } from './config.ts';
 import { ParamStore, TrainParams } from './params.ts';
 import { Params } from '../models/params.ts';
-import { ATTRIBUTE_NAMES, ATTRIBUTE_VALUES, type Attrs } from '../shapes/index.ts';
+import { ATTRIBUTE_NAMES, ATTRIBUTE_VALUES, type Attrs, namedAttributes } from '../shapes/index.ts';
+import type { CaptionTokens } from './data.ts';
 import { fastGradients } from './fast-grad.ts';
 
 export const SEQ_LEN = 77;
@@ -101,6 +102,34 @@ export function attributeBlocks(): Array<{ key: keyof Attrs; values: readonly st
     offset += block.size;
     return block;
   });
+}
+
+/**
+ * A text-pretraining batch for `captions`: token ids, the one-hot targets of what each caption
+ * names (namedAttributes; "not named" otherwise), and the mask of supervised positions — the
+ * end-of-text token and the padding after it — normalised to sum 1 over the batch.
+ */
+export function textPretrainBatch(captions: readonly string[], tokens: CaptionTokens): { ids: BigInt64Array; target: Float32Array; mask: Float32Array } {
+  const blocks = attributeBlocks();
+  const K = blocks.reduce((n, b) => n + b.size, 0);
+  const B = captions.length;
+  const eos = BigInt(tokens.tokenizer.tokenToId(tokens.tokenizer.eosToken)!);
+  const ids = tokens.batch(captions);
+  const target = new Float32Array(B * K);
+  const mask = new Float32Array(B * SEQ_LEN);
+  let supervised = 0;
+  captions.forEach((c, b) => {
+    const named = namedAttributes(c);
+    for (const bl of blocks) {
+      const v = named[bl.key];
+      target[b * K + bl.offset + (v === undefined ? bl.size - 1 : bl.values.indexOf(v))] = 1;
+    }
+    let end = 1;
+    while (ids[b * SEQ_LEN + end] !== eos) end++;
+    for (let p = end; p < SEQ_LEN; p++, supervised++) mask[b * SEQ_LEN + p] = 1;
+  });
+  for (let i = 0; i < mask.length; i++) mask[i] /= supervised;
+  return { ids, target, mask };
 }
 
 /**

@@ -1,9 +1,10 @@
-// Training oneword's shapes model from scratch, in three resumable phases:
+// Training oneword's shapes model from scratch, in four resumable phases:
 //   1. VAE (AutoencoderKL): reconstruction (L1 + MSE) + a small KL term, on fresh renders;
-//   2. latent cache: a fixed seeded set of renders encoded once by the frozen VAE
+//   2. CLIP text encoder pretraining (a head reads the named attributes), then frozen;
+//   3. latent cache: a fixed seeded set of renders encoded once by the frozen VAE
 //      (mean and log-variance), and the scaling factor 1/std of the sampled latents;
-//   3. UNet + CLIP text encoder jointly, DDPM epsilon objective (SD 1.x betas), min-SNR
-//      weighting, 10 % empty captions, AdamW, EMA of the weights.
+//   4. UNet against the frozen encoder (v-prediction on zero-terminal-SNR betas by default),
+//      min-SNR and object weighting, 10 % empty captions, AdamW, EMA of the weights.
 // Every random draw comes from a seeded generator keyed by (seed, phase, step), so a run
 // (and a resumed run) is deterministic.
 import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
@@ -14,12 +15,12 @@ import { Params } from '../models/params.ts';
 import { vaeEncode } from '../models/vae.ts';
 import { compile } from '../runtime/session.ts';
 import { DDPMScheduler } from '../schedulers/index.ts';
-import { type Attrs, namedAttributes, randomAttributes, render, Rng } from '../shapes/index.ts';
+import { type Attrs, randomAttributes, render, Rng } from '../shapes/index.ts';
 import { type ArchSpec, type DiffusionSpec, parseArch, type ParsedArch, schedulerConfigJson, ZERO_SNR_V_DIFFUSION } from './config.ts';
 import { CaptionTokens, latentObjectFraction, objectWeights, renderSet, TEXTURE_WORD_PROB, toPixels, trainingCaption } from './data.ts';
 import { textDependence } from './text-dependence.ts';
 import { exportDiffusers } from './export.ts';
-import { attributeBlocks, SEQ_LEN, textPretrainGraph, unetStepGraph, vaeStepGraph } from './graphs.ts';
+import { attributeBlocks, textPretrainBatch, textPretrainGraph, unetStepGraph, vaeStepGraph } from './graphs.ts';
 import { initText, initUnet, initVae } from './init.ts';
 import { ParamStore } from './params.ts';
 import { type OptimConfig, Trainer } from './trainer.ts';
@@ -201,8 +202,7 @@ export async function trainTextPhase(cfg: TrainConfig, a: ParsedArch, log: LogFn
     log({ phase: 'text', note: `loaded pretrained text encoder from ${done}` });
     return text;
   }
-  const blocks = attributeBlocks();
-  const K = blocks.reduce((n, b) => n + b.size, 0);
+  const K = attributeBlocks().reduce((n, b) => n + b.size, 0);
   const D = a.text.hidden_size;
   const head = new ParamStore();
   const hr = new Rng(`text-head:${cfg.seed}`);
@@ -216,26 +216,10 @@ export async function trainTextPhase(cfg: TrainConfig, a: ParsedArch, log: LogFn
     log({ phase: 'text', note: `resumed at step ${trainer.step}` });
   }
   const tokens = new CaptionTokens();
-  const eos = tokens.tokenizer.tokenToId(tokens.tokenizer.eosToken)!;
   await runPhase('text', trainer, cfg.text.steps, cfg, ckpt, log, (step) => {
     const rng = new Rng(`text:${cfg.seed}:${step}`);
     const captions = Array.from({ length: B }, () => trainingCaption(randomAttributes(rng), rng, cfg.textureWordProb));
-    const ids = tokens.batch(captions);
-    const target = new Float32Array(B * K);
-    const mask = new Float32Array(B * SEQ_LEN);
-    let supervised = 0;
-    captions.forEach((c, b) => {
-      const named = namedAttributes(c);
-      for (const bl of blocks) {
-        const v = named[bl.key];
-        target[b * K + bl.offset + (v === undefined ? bl.size - 1 : bl.values.indexOf(v))] = 1;
-      }
-      let end = 1;
-      while (ids[b * SEQ_LEN + end] !== BigInt(eos)) end++;
-      for (let p = end; p < SEQ_LEN; p++, supervised++) mask[b * SEQ_LEN + p] = 1;
-    });
-    for (let i = 0; i < mask.length; i++) mask[i] /= supervised;
-    return { ids, target, mask };
+    return textPretrainBatch(captions, tokens);
   });
   saveStore(done, text);
   return text;

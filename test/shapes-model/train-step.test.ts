@@ -91,9 +91,8 @@ test('a UNet step against a frozen text encoder trains the UNet only', async () 
 });
 
 test('text pretraining: the head learns to read named attributes from the end-of-text states', async () => {
-  const { attributeBlocks, textPretrainGraph, SEQ_LEN } = await import('../../src/shapes-model/graphs.ts');
+  const { attributeBlocks, textPretrainBatch, textPretrainGraph, SEQ_LEN } = await import('../../src/shapes-model/graphs.ts');
   const { ParamStore } = await import('../../src/shapes-model/params.ts');
-  const { namedAttributes } = await import('../../src/shapes/index.ts');
   const blocks = attributeBlocks();
   const K = blocks.reduce((n, b) => n + b.size, 0);
   assert.equal(K, 6 + 8 + 2 + 9 + 4 + 4 + 6);
@@ -103,18 +102,18 @@ test('text pretraining: the head learns to read named attributes from the end-of
   head.set('bias', [K], new Float32Array(K));
   const captions = ['a red star', 'a large blue ring at the top left on a black background', '', 'a kiki green heart'];
   const B = captions.length;
-  const tok = new CaptionTokens();
-  const ids = tok.batch(captions);
-  const target = new Float32Array(B * K);
-  const mask = new Float32Array(B * SEQ_LEN);
-  captions.forEach((c, b) => {
-    const named = namedAttributes(c);
-    for (const bl of blocks) target[b * K + bl.offset + (named[bl.key] === undefined ? bl.size - 1 : bl.values.indexOf(named[bl.key]!))] = 1;
-    for (let p = 0; p < SEQ_LEN; p++) if (ids[b * SEQ_LEN + p] === 49407n) mask[b * SEQ_LEN + p] = 1;
-  });
-  const total = mask.reduce((x, y) => x + y, 0);
+  const batch = textPretrainBatch(captions, new CaptionTokens());
+  // Targets: exactly one class per attribute block; "a kiki green heart" names texture dotted.
+  for (let b = 0; b < B; b++) for (const bl of blocks) assert.equal(batch.target.slice(b * K + bl.offset, b * K + bl.offset + bl.size).reduce((x, y) => x + y), 1);
+  const tex = blocks.find((bl) => bl.key === 'texture')!;
+  assert.equal(batch.target[3 * K + tex.offset + tex.values.indexOf('dotted')], 1);
+  assert.equal(batch.target[0 * K + tex.offset + tex.size - 1], 1, 'texture not named');
+  // Mask: from the end-of-text token on ("a red star" → bos, 3 words, eos at 4), summing to 1.
+  assert.equal(batch.mask[3], 0);
+  assert.ok(batch.mask[4] > 0);
+  assert.ok(Math.abs(batch.mask.reduce((x, y) => x + y) - 1) < 1e-5);
+  assert.equal(batch.mask.length, B * SEQ_LEN);
   const tr = await Trainer.create(textPretrainGraph(a, text, head, B), { ...optim, lr: 1e-2 }, 1);
-  const batch = { ids, target, mask: mask.map((v) => v / total) };
   const first = await tr.trainStep(batch);
   assert.ok(Math.abs(first.loss - 6 * Math.log(7)) < 3, `initial loss ${first.loss} near 6 uniform guesses`);
   let last = first;
