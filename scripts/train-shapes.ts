@@ -12,6 +12,7 @@ const HELP = `Usage: npm run train-shapes -- [options]
   --work DIR         checkpoints and latent cache (default tmp/shapes-train)
   --seed N           seed (default ${FULL_RECIPE.seed})
   --vae-steps N      VAE steps (default ${FULL_RECIPE.vae.steps})
+  --vae-edge X       weight of the VAE's edge term (default ${FULL_RECIPE.vae.edgeWeight}; see TrainConfig.vae)
   --text-steps N     text-encoder pretraining steps (default ${FULL_RECIPE.text.steps}; 0: learned jointly with the UNet)
   --unet-steps N     UNet steps (default ${FULL_RECIPE.unet.steps})
   --eval-every N     quick evaluation every N UNet steps (default ${FULL_RECIPE.evalEvery})
@@ -39,6 +40,14 @@ const int = (name: string, def: number): number => {
   return n;
 };
 
+const num = (name: string, def: number): number => {
+  const v = opt(name);
+  if (v === undefined) return def;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a non-negative number, got "${v}"`);
+  return n;
+};
+
 const tiny = opt('--preset') === 'tiny';
 const outDir = opt('--out') ?? 'models/shapes';
 const workDir = opt('--work') ?? 'tmp/shapes-train';
@@ -46,7 +55,7 @@ const cfg: TrainConfig = {
   ...FULL_RECIPE,
   arch: tiny ? TINY_ARCH : SHAPES_ARCH,
   seed: int('--seed', FULL_RECIPE.seed),
-  vae: { ...FULL_RECIPE.vae, steps: int('--vae-steps', FULL_RECIPE.vae.steps) },
+  vae: { ...FULL_RECIPE.vae, steps: int('--vae-steps', FULL_RECIPE.vae.steps), edgeWeight: num('--vae-edge', FULL_RECIPE.vae.edgeWeight) },
   text: { ...FULL_RECIPE.text, steps: int('--text-steps', FULL_RECIPE.text.steps) },
   evalEvery: int('--eval-every', FULL_RECIPE.evalEvery),
   datasetImages: int('--images', FULL_RECIPE.datasetImages),

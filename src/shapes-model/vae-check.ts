@@ -14,6 +14,8 @@ export interface VaeCheck {
   mae: number;
   /** Analyzer agreement with the rendered attributes, per attribute. */
   agreement: Record<keyof Attrs, number>;
+  /** Texture agreement per rendered texture (a VAE blurs some textures into others). */
+  textureAgreement: Record<string, number>;
   /** Analyzer agreement on the original renders (the analyzer's own ceiling). */
   analyzerOnRenders: Record<keyof Attrs, number>;
   samples: Array<{ original: RgbImage; reconstructed: RgbImage }>;
@@ -31,6 +33,7 @@ export async function checkVae(vae: WeightSet, cfg: VAEConfig, n = 64, seed = 12
   const keys: Array<keyof Attrs> = ['shape', 'color', 'size', 'position', 'background', 'texture'];
   const agree = Object.fromEntries(keys.map((k) => [k, 0])) as Record<keyof Attrs, number>;
   const base = Object.fromEntries(keys.map((k) => [k, 0])) as Record<keyof Attrs, number>;
+  const byTexture = new Map<string, [number, number]>();
   let err = 0;
   const samples: VaeCheck['samples'] = [];
   const per = 3 * S * S;
@@ -46,6 +49,8 @@ export async function checkVae(vae: WeightSet, cfg: VAEConfig, n = 64, seed = 12
       const want = data.attrs[i + k];
       const got = analyze(recon).attrs;
       const ref = analyze(orig).attrs;
+      const tex = byTexture.get(want.texture) ?? [0, 0];
+      byTexture.set(want.texture, [tex[0] + 1, tex[1] + (got.texture === want.texture ? 1 : 0)]);
       for (const key of keys) {
         if (got[key] === want[key]) agree[key]++;
         if (ref[key] === want[key]) base[key]++;
@@ -54,5 +59,6 @@ export async function checkVae(vae: WeightSet, cfg: VAEConfig, n = 64, seed = 12
     }
   }
   const frac = (r: Record<keyof Attrs, number>) => Object.fromEntries(keys.map((k) => [k, Number((r[k] / n).toFixed(3))])) as Record<keyof Attrs, number>;
-  return { images: n, mae: Number((err / (n * per)).toFixed(2)), agreement: frac(agree), analyzerOnRenders: frac(base), samples };
+  return { images: n, mae: Number((err / (n * per)).toFixed(2)), agreement: frac(agree),
+    textureAgreement: Object.fromEntries([...byTexture].map(([k, [m, c]]) => [k, Number((c / m).toFixed(3))])), analyzerOnRenders: frac(base), samples };
 }
