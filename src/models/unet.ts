@@ -4,8 +4,9 @@ import { GraphError, type Tensor } from '../graph/index.ts';
 import type { Params } from './params.ts';
 import { attentionP, conv, fromTokens, groupNormP, layerNormP, linearP, resnetBlock2D, toTokens } from './blocks.ts';
 
-export type { UNetConfig } from '../io/checkpoint.ts';
-import type { UNetConfig } from '../io/checkpoint.ts';
+import type { UNetConfig } from './unet-config.ts';
+
+export * from './unet-config.ts';
 
 interface Ctx {
   cfg: UNetConfig;

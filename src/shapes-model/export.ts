@@ -1,6 +1,6 @@
 // Saves the model as a diffusers folder (model_index.json, unet/, vae/, text_encoder/,
 // tokenizer/, scheduler/), loadable by diffusers' StableDiffusionPipeline.from_pretrained
-// and by oneword's own io/checkpoint.ts.
+// and by oneword's own loader (pipelines/checkpoint.ts).
 import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';

@@ -3,9 +3,9 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, cpSync, readFileSync, writeFileSync, unlinkSync, openSync, readSync, closeSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import {
-  loadCheckpoint, ldmTensorMap, CheckpointError, unetAttentionHeads, type StableDiffusionCheckpoint, type WeightSet,
-} from '../../src/io/checkpoint.ts';
+import { loadCheckpoint, ldmTensorMap, CheckpointError, type StableDiffusionCheckpoint } from '../../src/pipelines/checkpoint.ts';
+import { unetAttentionHeads } from '../../src/models/unet-config.ts';
+import type { FileWeights } from '../../src/io/weights.ts';
 import {
   SafetensorsFile, SafetensorsError, writeSafetensors, f32ToF16, f16ToF32, f32ToBf16, bf16ToF32, type TensorToWrite,
 } from '../../src/io/safetensors.ts';
@@ -19,7 +19,7 @@ process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 
 const bytes = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 const json = (p: string) => JSON.parse(readFileSync(p, 'utf8'));
-const components = (c: StableDiffusionCheckpoint): [string, WeightSet][] => [['textEncoder', c.textEncoder], ['unet', c.unet], ['vae', c.vae]];
+const components = (c: StableDiffusionCheckpoint): [string, FileWeights][] => [['textEncoder', c.textEncoder], ['unet', c.unet], ['vae', c.vae]];
 const withoutVersion = (o: Record<string, unknown>) => { const { _diffusers_version: _, ...rest } = o; return rest; };
 
 /** Asserts both checkpoints hold the same tensors under the same names, bit for bit. */

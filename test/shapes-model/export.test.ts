@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadCheckpoint } from '../../src/io/checkpoint.ts';
+import { loadCheckpoint } from '../../src/pipelines/checkpoint.ts';
 import { CLIPTokenizer } from '../../src/models/clip-tokenizer.ts';
 import { parseArch, TINY_ARCH, unetConfigJson } from '../../src/shapes-model/config.ts';
 import { exportDiffusers } from '../../src/shapes-model/export.ts';
