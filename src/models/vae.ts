@@ -123,9 +123,10 @@ function vaeAttention(p: Params, x: Tensor, groups: number): Tensor {
   return o.add(fromTokens(out, h, w), x);
 }
 
-function midBlock(p: Params, x: Tensor, groups: number): Tensor {
+function midBlock(p: Params, cfg: VAEConfig, x: Tensor): Tensor {
+  const groups = cfg.norm_num_groups;
   let h = resnetBlock2D(p.scope('resnets.0'), x, null, groups, EPS);
-  if (p.has('attentions.0.to_q.weight')) h = vaeAttention(p.scope('attentions.0'), h, groups);
+  if (cfg.mid_block_add_attention) h = vaeAttention(p.scope('attentions.0'), h, groups);
   return resnetBlock2D(p.scope('resnets.1'), h, null, groups, EPS);
 }
 
@@ -140,18 +141,19 @@ export function vaeEncode(p: Params, cfg: VAEConfig, pixels: Tensor): LatentDist
   const g = cfg.norm_num_groups;
   const e = p.scope('encoder');
   let h = conv(e.scope('conv_in'), pixels, { padding: 1 });
-  cfg.block_out_channels.forEach((_, i) => {
+  const n = cfg.block_out_channels.length;
+  for (let i = 0; i < n; i++) {
     const bp = e.scope(`down_blocks.${i}`);
     for (let j = 0; j < cfg.layers_per_block; j++) h = resnetBlock2D(bp.scope(`resnets.${j}`), h, null, g, EPS);
-    if (bp.has('downsamplers.0.conv.weight')) {
+    if (i < n - 1) {
       // diffusers pads right/bottom by one, then convolves with stride 2 and no padding.
       h = conv(bp.scope('downsamplers.0.conv'), o.pad(h, [[0, 0], [0, 0], [0, 1], [0, 1]]), { stride: 2 });
     }
-  });
-  h = midBlock(e.scope('mid_block'), h, g);
+  }
+  h = midBlock(e.scope('mid_block'), cfg, h);
   h = o.silu(groupNormP(e.scope('conv_norm_out'), h, g, EPS));
   h = conv(e.scope('conv_out'), h, { padding: 1 });
-  if (p.has('quant_conv.weight')) h = conv(p.scope('quant_conv'), h);
+  if (cfg.use_quant_conv) h = conv(p.scope('quant_conv'), h);
   const l = cfg.latent_channels;
   const mean = o.slice(h, [1], [0], [l]);
   // logvar.clamp(-30, 20), written with max only: min(x, 20) = -max(-x, -20).
@@ -163,15 +165,16 @@ export function vaeEncode(p: Params, cfg: VAEConfig, pixels: Tensor): LatentDist
 /** Decodes (unscaled) latents [B, C, h, w] into pixels (raw, not clamped). */
 export function vaeDecode(p: Params, cfg: VAEConfig, latents: Tensor): Tensor {
   const g = cfg.norm_num_groups;
-  let h = p.has('post_quant_conv.weight') ? conv(p.scope('post_quant_conv'), latents) : latents;
+  let h = cfg.use_post_quant_conv ? conv(p.scope('post_quant_conv'), latents) : latents;
   const d = p.scope('decoder');
   h = conv(d.scope('conv_in'), h, { padding: 1 });
-  h = midBlock(d.scope('mid_block'), h, g);
-  cfg.block_out_channels.forEach((_, i) => {
+  h = midBlock(d.scope('mid_block'), cfg, h);
+  const n = cfg.block_out_channels.length;
+  for (let i = 0; i < n; i++) {
     const bp = d.scope(`up_blocks.${i}`);
     for (let j = 0; j <= cfg.layers_per_block; j++) h = resnetBlock2D(bp.scope(`resnets.${j}`), h, null, g, EPS);
-    if (bp.has('upsamplers.0.conv.weight')) h = conv(bp.scope('upsamplers.0.conv'), o.upsampleNearest2x(h), { padding: 1 });
-  });
+    if (i < n - 1) h = conv(bp.scope('upsamplers.0.conv'), o.upsampleNearest2x(h), { padding: 1 });
+  }
   h = o.silu(groupNormP(d.scope('conv_norm_out'), h, g, EPS));
   return conv(d.scope('conv_out'), h, { padding: 1 });
 }
