@@ -24,7 +24,8 @@ import { parseVAEConfig, vaeWeightSpec, type VAEConfig } from '../models/vae.ts'
 import {
   clipTextConfigFromLdm, ldmClipPrefix, LdmFile, openClipTextConfigFromLdm, unetConfigFromLdm, vaeConfigFromLdm,
 } from '../models/ldm-configs.ts';
-import { defaultSchedulerConfig, type PredictionType } from '../schedulers/config.ts';
+import { defaultPredictionType, defaultSchedulerConfig, type PredictionType } from '../schedulers/config.ts';
+import { OnewordError } from '../errors.ts';
 
 export { CheckpointError, type Family };
 
@@ -52,6 +53,14 @@ export interface LoadOptions {
   variant?: 'fp16';
   /** Overrides the prediction type from the scheduler config or single-file detection. */
   predictionType?: PredictionType;
+  /**
+   * For single files: a diffusers folder whose `text_encoder/`, `unet/`, `vae/` config.json
+   * describe the file's components (as diffusers' `from_single_file(config=...)`), for files
+   * that differ from the released SD 1.x / 2.x models in what weights do not record (attention
+   * heads, training resolution). Its `scheduler/scheduler_config.json` and `tokenizer/` are
+   * used when present; components without a config.json are read off the file as usual.
+   */
+  config?: string;
 }
 
 /**
@@ -96,13 +105,13 @@ function readFolderConfigs(dir: string): ComponentConfigs {
 }
 
 /** The folder's scheduler config and prediction type (the caller's override wins). */
-function folderScheduler(dir: string, family: Family, opts: LoadOptions, warnings: string[]): { schedulerConfig: Record<string, unknown>; predictionType: PredictionType } {
+function folderScheduler(dir: string, family: Family, unet: UNetConfig, opts: LoadOptions, warnings: string[]): { schedulerConfig: Record<string, unknown>; predictionType: PredictionType } {
   const schedPath = join(dir, 'scheduler', 'scheduler_config.json');
   let schedulerConfig: Record<string, unknown>;
   if (existsSync(schedPath)) schedulerConfig = readJson(schedPath);
   else {
-    schedulerConfig = defaultSchedulerConfig(family, 'epsilon');
-    warnings.push(`${dir}: no scheduler/scheduler_config.json, using the ${family} default`);
+    schedulerConfig = defaultSchedulerConfig(family, defaultPredictionType(family, unet.sample_size));
+    warnings.push(`${dir}: no scheduler/scheduler_config.json, using the ${family} default (${schedulerConfig.prediction_type ?? 'epsilon'})`);
   }
   const stored = schedulerConfig.prediction_type;
   if (stored !== undefined && !SUPPORTED_PREDICTION.includes(stored as string)) {
@@ -119,6 +128,9 @@ function tokenizerIn(dir: string): string | null {
 }
 
 function loadDiffusers(dir: string, opts: LoadOptions): StableDiffusionCheckpoint {
+  if (opts.config) {
+    throw OnewordError.badOption('config', `applies to single-file checkpoints only; ${dir} is a diffusers folder with its own config.json files`);
+  }
   const warnings: string[] = [];
   checkDiffusersFolder(dir);
   const cfg = readFolderConfigs(dir);
@@ -128,7 +140,7 @@ function loadDiffusers(dir: string, opts: LoadOptions): StableDiffusionCheckpoin
   const textEncoder = loadFolderComponent(dir, 'text_encoder', 'text encoder', clipTextWeightSpec(cfg.text), opts.variant, warnings);
   const unet = loadFolderComponent(dir, 'unet', 'UNet', unetWeightSpec(cfg.unet), opts.variant, warnings);
   const vae = loadFolderComponent(dir, 'vae', 'VAE', vaeWeightSpec(cfg.vae), opts.variant, warnings);
-  const { schedulerConfig, predictionType } = folderScheduler(dir, family, opts, warnings);
+  const { schedulerConfig, predictionType } = folderScheduler(dir, family, cfg.unet, opts, warnings);
   return {
     source: dir, layout: 'diffusers', family, textEncoderConfig: cfg.text, unetConfig: cfg.unet, vaeConfig: cfg.vae,
     schedulerConfig, predictionType, tokenizerDir: tokenizerIn(dir),
@@ -142,8 +154,9 @@ function loadDiffusers(dir: string, opts: LoadOptions): StableDiffusionCheckpoin
 /**
  * Prediction type of a single file, when it says: Stability's model-spec metadata
  * (`modelspec.prediction_type`), or a `v_pred` marker tensor (ComfyUI/A1111 convention).
- * Otherwise null, and the loader assumes epsilon (SD 1.x, SD 2.x-base); 768-v SD 2.x files
- * need LoadOptions.predictionType = 'v_prediction' — the weights alone cannot tell.
+ * Otherwise null, and the loader takes the family default (defaultPredictionType: SD 2.x
+ * files are taken as 768-v); 512-px SD 2.x-base files need LoadOptions.predictionType =
+ * 'epsilon' or a config folder — the weights alone cannot tell.
  */
 export function detectPredictionType(f: SafetensorsFile): PredictionType | null {
   const m = f.metadata['modelspec.prediction_type'];
@@ -168,21 +181,76 @@ function openSingleFile(path: string): { f: LdmFile; family: Family } {
   return { f, family };
 }
 
-function singleFilePrediction(f: LdmFile, family: Family, opts: LoadOptions, warnings: string[]): PredictionType {
-  const detected = detectPredictionType(f.file);
-  if (family === 'sd2' && !opts.predictionType && !detected) {
-    warnings.push(`${f.path}: SD 2.x checkpoint without a prediction-type marker; assuming epsilon (2.x-base). For 768-v models pass predictionType "v_prediction".`);
-  }
-  return opts.predictionType ?? detected ?? 'epsilon';
+/** What a `config` folder says about a single file's components (each part only when present). */
+interface GivenConfigs {
+  text?: CLIPTextConfig;
+  unet?: UNetConfig;
+  vae?: VAEConfig;
+  scheduler?: Record<string, unknown>;
+  tokenizerDir: string | null;
 }
 
-/** The three configs as the file's tensors tell them (heads and resolution per the released models). */
-function singleFileConfigs(f: LdmFile, family: Family, predictionType: PredictionType): ComponentConfigs {
-  const text = family === 'sd1' ? clipTextConfigFromLdm(f, ldmClipPrefix(f)) : openClipTextConfigFromLdm(f);
+function readGivenConfigs(dir: string): GivenConfigs {
+  const abs = resolve(dir);
+  if (!existsSync(abs) || !statSync(abs).isDirectory()) {
+    throw OnewordError.badOption('config', `must be a diffusers model folder (text_encoder/, unet/, vae/ with config.json); ${abs} is not a folder`);
+  }
+  const json = (sub: string, file = 'config.json') => {
+    const p = join(abs, sub, file);
+    return existsSync(p) ? { json: readJson(p), path: p } : null;
+  };
+  const text = json('text_encoder');
+  const unet = json('unet');
+  const vae = json('vae');
+  const scheduler = json('scheduler', 'scheduler_config.json');
+  if (!text && !unet && !vae) {
+    throw OnewordError.badOption('config', `must be a diffusers model folder; ${abs} has none of text_encoder/config.json, unet/config.json, vae/config.json`);
+  }
+  const stored = scheduler?.json.prediction_type;
+  if (stored !== undefined && !SUPPORTED_PREDICTION.includes(stored as string)) {
+    throw new CheckpointError(scheduler!.path, `prediction_type ${JSON.stringify(stored)} is not supported (epsilon or v_prediction)`);
+  }
+  return {
+    text: text ? parseCLIPTextConfig(text.json, text.path) : undefined,
+    unet: unet ? parseUNetConfig(unet.json, unet.path) : undefined,
+    vae: vae ? parseVAEConfig(vae.json, vae.path) : undefined,
+    scheduler: scheduler?.json,
+    tokenizerDir: tokenizerIn(abs),
+  };
+}
+
+/**
+ * The caller's prediction type, else the config folder's scheduler, else the file's marker,
+ * else the family default for the config folder's resolution (or for none).
+ */
+function singleFilePrediction(f: LdmFile, family: Family, opts: LoadOptions, given: GivenConfigs | null, warnings: string[]): PredictionType {
+  const fromConfig = given?.scheduler ? (given.scheduler.prediction_type ?? 'epsilon') as PredictionType : undefined;
+  const detected = opts.predictionType ?? fromConfig ?? detectPredictionType(f.file);
+  if (detected) return detected;
+  const assumed = defaultPredictionType(family, given?.unet?.sample_size);
+  if (family === 'sd2' && !given?.unet) {
+    warnings.push(`${f.path}: SD 2.x checkpoint without a prediction-type marker; assuming v_prediction at 768 px (2.x-768-v, as diffusers does). For 512-px base models pass predictionType "epsilon" (or a config folder).`);
+  }
+  return assumed;
+}
+
+/**
+ * The three configs: those the config folder gives, the rest as the file's tensors tell
+ * them (heads and resolution per the released models).
+ */
+function singleFileConfigs(f: LdmFile, family: Family, predictionType: PredictionType, given: GivenConfigs | null): ComponentConfigs {
+  const text = given?.text ?? (family === 'sd1' ? clipTextConfigFromLdm(f, ldmClipPrefix(f)) : openClipTextConfigFromLdm(f));
   // Not recorded in the weights: SD 1.x and 2.x-base are trained at 512 px, 768-v at 768.
-  const unet = unetConfigFromLdm(f, family, family === 'sd2' && predictionType === 'v_prediction' ? 96 : 64);
-  const vae = vaeConfigFromLdm(f, unet.sample_size! * 2 ** (vaeLevelsOf(f) - 1));
+  const unet = given?.unet ?? unetConfigFromLdm(f, family, family === 'sd2' && predictionType === 'v_prediction' ? 96 : 64);
+  const vae = given?.vae ?? vaeConfigFromLdm(f, (unet.sample_size ?? 64) * 2 ** (vaeLevelsOf(f) - 1));
   return { text, unet, vae };
+}
+
+/** The config folder's scheduler config (the caller's prediction type written in), else the family default. */
+function singleFileScheduler(family: Family, predictionType: PredictionType, given: GivenConfigs | null): Record<string, unknown> {
+  if (!given?.scheduler) return defaultSchedulerConfig(family, predictionType);
+  const stored = given.scheduler.prediction_type ?? 'epsilon';
+  return stored === predictionType ? given.scheduler : { ...given.scheduler, prediction_type: predictionType };
 }
 
 function vaeLevelsOf(f: LdmFile): number {
@@ -229,14 +297,15 @@ function singleFileWeights(f: LdmFile, family: Family, cfg: ComponentConfigs, wa
 
 function loadSingleFile(path: string, opts: LoadOptions): StableDiffusionCheckpoint {
   const { f, family } = openSingleFile(path);
+  const given = opts.config ? readGivenConfigs(opts.config) : null;
   const warnings: string[] = [];
-  const predictionType = singleFilePrediction(f, family, opts, warnings);
-  const cfg = singleFileConfigs(f, family, predictionType);
+  const predictionType = singleFilePrediction(f, family, opts, given, warnings);
+  const cfg = singleFileConfigs(f, family, predictionType, given);
   crossCheck(path, cfg.text, cfg.unet, cfg.vae);
   const { textEncoder, unet, vae } = singleFileWeights(f, family, cfg, warnings);
   return {
     source: path, layout: 'single-file', family, textEncoderConfig: cfg.text, unetConfig: cfg.unet, vaeConfig: cfg.vae,
-    schedulerConfig: defaultSchedulerConfig(family, predictionType), predictionType, tokenizerDir: null,
+    schedulerConfig: singleFileScheduler(family, predictionType, given), predictionType, tokenizerDir: given?.tokenizerDir ?? null,
     textEncoder, unet, vae, warnings,
   };
 }

@@ -110,6 +110,17 @@ export function checkOneOf<T extends string>(className: string, key: string, val
 }
 
 /**
+ * The prediction type of a Stable Diffusion model whose files do not say: SD 1.x predicts
+ * noise (epsilon); SD 2.x predicts v at 768 px (2.0/2.1-768-v) and noise at 512 px (the
+ * "base" models). Without a resolution, SD 2.x is taken as 768-v, as diffusers does for
+ * single files (its default config is stabilityai/stable-diffusion-2-1).
+ */
+export function defaultPredictionType(family: Family, sampleSize?: number | null): 'epsilon' | 'v_prediction' {
+  if (family === 'sd1') return 'epsilon';
+  return sampleSize == null || sampleSize >= 96 ? 'v_prediction' : 'epsilon';
+}
+
+/**
  * Scheduler configs for single-file checkpoints (no `scheduler/` folder): the configs the
  * diffusers-format releases ship. SD 1.x: runwayml/stable-diffusion-v1-5 (PNDM, epsilon);
  * SD 2.x: stabilityai/stable-diffusion-2-1 (DDIM, v_prediction; the 512px "base" models
@@ -117,7 +128,7 @@ export function checkOneOf<T extends string>(className: string, key: string, val
  * class keeps its own default, exactly as with a model folder.
  */
 export function defaultSchedulerConfig(family: Family, predictionType?: PredictionType): RawSchedulerConfig {
-  const prediction = predictionType ?? (family === 'sd1' ? 'epsilon' : 'v_prediction');
+  const prediction = predictionType ?? defaultPredictionType(family);
   if (prediction === 'sample') throw new SchedulerConfigError('single-file defaults exist for epsilon and v_prediction only');
   const common = {
     beta_end: 0.012, beta_schedule: 'scaled_linear', beta_start: 0.00085, clip_sample: false, num_train_timesteps: 1000,
