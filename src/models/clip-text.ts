@@ -1,6 +1,7 @@
 // CLIP text transformer (transformers' CLIPTextModel), as Stable Diffusion uses it:
 // token + position embeddings, pre-LN blocks with causal self-attention, final LayerNorm.
-// New token rows (textual inversion's v*) are spliced in without touching the table.
+// New token rows (textual inversion's v*) are spliced in without touching the table. Its
+// config (text_encoder/config.json), parser and weight spec sit beside the forward function.
 import * as o from '../graph/index.ts';
 import type { Tensor } from '../graph/index.ts';
 import { CheckpointError, type WeightSpec } from '../io/weights.ts';
