@@ -6,7 +6,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeSafetensors, type TensorToWrite } from '../src/io/safetensors.ts';
 import { SD15_TEXT, SD15_UNET, SD15_VAE } from '../src/models/presets.ts';
-import { clipTextWeightSpec, unetWeightSpec, vaeWeightSpec, type WeightSpec } from '../src/models/weight-spec.ts';
+import { clipTextWeightSpec } from '../src/models/clip-text.ts';
+import { unetWeightSpec } from '../src/models/unet-config.ts';
+import { vaeWeightSpec } from '../src/models/vae.ts';
+import type { WeightSpec } from '../src/io/weights.ts';
 import { initWeight } from '../src/models/random-weights.ts';
 
 const VERSION = 'sd15-random-v1';

@@ -13,6 +13,8 @@ export const GENERATE_HELP = `Usage: oneword generate --prompt "…" [options]
 
 Options:
   --model PATH          diffusers folder or single-file .safetensors (default: ${DEFAULT_MODEL})
+  --config DIR          for a single file: a diffusers folder whose */config.json describe it
+                        (non-standard heads or resolution; as diffusers' from_single_file(config=))
   --prompt TEXT         the prompt; A1111 syntax: (word:1.2), (word), [word], BREAK; any length
   --negative TEXT       negative prompt (default: empty)
   --steps N             sampling steps (default 30)
@@ -67,7 +69,7 @@ const SAMPLER_INFOTEXT: Record<string, string> = {
 
 export async function generateCommand(argv: string[]): Promise<number> {
   const { flags, positional } = parseArgs(argv, {
-    model: { type: 'string' }, prompt: { type: 'string', alias: 'p' }, negative: { type: 'string' },
+    model: { type: 'string' }, config: { type: 'string' }, prompt: { type: 'string', alias: 'p' }, negative: { type: 'string' },
     steps: { type: 'number' }, cfg: { type: 'number' }, scheduler: { type: 'string' }, eta: { type: 'number' },
     seed: { type: 'number' }, width: { type: 'number' }, height: { type: 'number' }, count: { type: 'number', alias: 'n' },
     embedding: { type: 'string', multiple: true }, out: { type: 'string', alias: 'o' }, threads: { type: 'number' },
@@ -82,7 +84,7 @@ export async function generateCommand(argv: string[]): Promise<number> {
   const mode = (flags.quiet ? 'quiet' : (flags.progress as string | undefined) ?? 'bar') as ProgressMode;
   if (!['bar', 'json', 'quiet'].includes(mode)) throw new UsageError(`--progress must be bar, json or quiet, got "${mode}"`);
   const modelPath = (flags.model as string | undefined) ?? DEFAULT_MODEL;
-  const sd = StableDiffusion.load(modelPath, { threads: flags.threads as number | undefined });
+  const sd = StableDiffusion.load(modelPath, { threads: flags.threads as number | undefined, config: flags.config as string | undefined });
   const tiHashes = loadEmbeddingsInto(sd, (flags.embedding as string[] | undefined) ?? []);
   const opts = checkGenerateOptions(sd, {
     prompt: String(flags.prompt), negativePrompt: flags.negative as string | undefined, steps: flags.steps as number | undefined,

@@ -15,6 +15,8 @@ the token's embedding vector(s) are trained.
 
 Options (defaults as diffusers' textual_inversion.py unless noted):
   --model PATH          diffusers folder or single-file .safetensors (default: ${DEFAULT_MODEL})
+  --config DIR          for a single file: a diffusers folder whose */config.json describe it
+                        (non-standard heads or resolution; as diffusers' from_single_file(config=))
   --images DIR          3–5 (or more) .jpg/.png/.webp images of the concept
   --token NAME          the new word, e.g. "<my-cat>" (must not exist in the vocabulary)
   --init TEXT           a coarse description to start from, e.g. "cat"; a phrase initialises
@@ -49,7 +51,7 @@ ComfyUI), train-log.jsonl and train-state.safetensors; Ctrl-C saves a checkpoint
 `;
 
 const SPEC: Record<string, FlagSpec> = {
-  model: { type: 'string' }, images: { type: 'string' }, token: { type: 'string' }, init: { type: 'string' },
+  model: { type: 'string' }, config: { type: 'string' }, images: { type: 'string' }, token: { type: 'string' }, init: { type: 'string' },
   vectors: { type: 'number' }, what: { type: 'string' }, 'template-file': { type: 'string' }, resolution: { type: 'number' }, 'center-crop': { type: 'boolean' },
   'flip-p': { type: 'number' }, steps: { type: 'number' }, lr: { type: 'string' }, 'scale-lr': { type: 'boolean' },
   'lr-schedule': { type: 'string' }, 'lr-warmup': { type: 'number' }, batch: { type: 'number' }, 'grad-accum': { type: 'number' },
@@ -69,7 +71,7 @@ export async function trainCommand(argv: string[]): Promise<number> {
   if (!['bar', 'json', 'quiet'].includes(mode)) throw new UsageError(`--progress must be bar, json or quiet, got "${mode}"`);
   const resume = f.resume as string | undefined;
   const modelPath = (f.model as string | undefined) ?? DEFAULT_MODEL;
-  const sd = StableDiffusion.load(modelPath, { threads: f.threads as number | undefined });
+  const sd = StableDiffusion.load(modelPath, { threads: f.threads as number | undefined, config: f.config as string | undefined });
 
   let opts: TextualInversionOptions;
   if (resume) {

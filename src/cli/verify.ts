@@ -2,7 +2,7 @@
 import { formatVerifyTable, verify } from '../pipelines/verify.ts';
 import { parseArgs, UsageError } from './args.ts';
 
-export const VERIFY_HELP = `Usage: oneword verify --model <folder or .safetensors> --reference <ref.safetensors> [--only PREFIX…]
+export const VERIFY_HELP = `Usage: oneword verify --model <folder or .safetensors> [--config DIR] --reference <ref.safetensors> [--only PREFIX…]
 
 Recomputes every tensor a diffusers/transformers reference file holds (tokenizer, text
 encoder, UNet, VAE, schedules, sampling trajectories, one textual-inversion step) from its
@@ -11,6 +11,7 @@ tensor is outside tolerance.
 
 Options:
   --model PATH       diffusers folder or single-file checkpoint
+  --config DIR       for a single file: a diffusers folder whose */config.json describe it
   --reference PATH   reference .safetensors file
   --only PREFIX      check only tensors starting with PREFIX (repeatable: tok. te. cfg. unet. vae. sched. sample. ti.)
   --json             print one JSON object per tensor instead of the table
@@ -19,6 +20,7 @@ Options:
 export async function verifyCommand(argv: string[]): Promise<number> {
   const { flags } = parseArgs(argv, {
     model: { type: 'string' },
+    config: { type: 'string' },
     reference: { type: 'string' },
     only: { type: 'string', multiple: true },
     json: { type: 'boolean' },
@@ -29,7 +31,7 @@ export async function verifyCommand(argv: string[]): Promise<number> {
     return 0;
   }
   if (!flags.model || !flags.reference) throw new UsageError('verify needs --model and --reference');
-  const rows = await verify(String(flags.model), String(flags.reference), { only: flags.only as string[] | undefined });
+  const rows = await verify(String(flags.model), String(flags.reference), { only: flags.only as string[] | undefined, config: flags.config as string | undefined });
   if (flags.json) for (const r of rows) process.stdout.write(`${JSON.stringify(r)}\n`);
   else process.stdout.write(`${formatVerifyTable(rows)}\n`);
   return rows.every((r) => r.pass) ? 0 : 1;

@@ -35,7 +35,8 @@ export function resnetBlock2D(p: Params, x: Tensor, temb: Tensor | null, groups:
   }
   h = o.silu(groupNormP(p.scope('norm2'), h, groups, eps));
   h = conv(p.scope('conv2'), h, { padding: 1 });
-  const skip = p.has('conv_shortcut.weight') ? conv(p.scope('conv_shortcut'), x) : x;
+  // diffusers adds a 1×1 shortcut conv exactly when the channel count changes.
+  const skip = x.shape[1] !== cOut ? conv(p.scope('conv_shortcut'), x) : x;
   return o.add(skip, h);
 }
 

@@ -1,12 +1,77 @@
 // CLIP text transformer (transformers' CLIPTextModel), as Stable Diffusion uses it:
 // token + position embeddings, pre-LN blocks with causal self-attention, final LayerNorm.
-// New token rows (textual inversion's v*) are spliced in without touching the table.
+// New token rows (textual inversion's v*) are spliced in without touching the table. Its
+// config (text_encoder/config.json), parser and weight spec sit beside the forward function.
 import * as o from '../graph/index.ts';
 import type { Tensor } from '../graph/index.ts';
+import { CheckpointError, type WeightSpec } from '../io/weights.ts';
+import { Fields, type ConfigJson } from './config-fields.ts';
 import type { Params } from './params.ts';
 
-export type { CLIPTextConfig } from '../io/checkpoint.ts';
-import type { CLIPTextConfig } from '../io/checkpoint.ts';
+/** transformers' CLIPTextConfig (field names as in text_encoder/config.json). */
+export interface CLIPTextConfig {
+  vocab_size: number;
+  hidden_size: number;
+  intermediate_size: number;
+  num_hidden_layers: number;
+  num_attention_heads: number;
+  max_position_embeddings: number;
+  hidden_act: 'quick_gelu' | 'gelu';
+  layer_norm_eps: number;
+  pad_token_id: number;
+  bos_token_id: number;
+  eos_token_id: number;
+}
+
+export function parseCLIPTextConfig(json: ConfigJson, path: string): CLIPTextConfig {
+  const f = new Fields(json, path);
+  if (json.model_type !== undefined && json.model_type !== 'clip_text_model') {
+    throw new CheckpointError(path, `text encoder model_type ${JSON.stringify(json.model_type)} is not supported (expected a CLIP text model)`);
+  }
+  const arch = json.architectures;
+  if (Array.isArray(arch) && arch.length && !arch.some((a) => a === 'CLIPTextModel' || a === 'CLIPTextModelWithProjection')) {
+    throw new CheckpointError(path, `text encoder architecture ${JSON.stringify(arch)} is not supported (expected CLIPTextModel)`);
+  }
+  // Defaults are transformers' CLIPTextConfig defaults.
+  const c: CLIPTextConfig = {
+    vocab_size: f.int('vocab_size', 49408, 1),
+    hidden_size: f.int('hidden_size', 512, 1),
+    intermediate_size: f.int('intermediate_size', 2048, 1),
+    num_hidden_layers: f.int('num_hidden_layers', 12, 1),
+    num_attention_heads: f.int('num_attention_heads', 8, 1),
+    max_position_embeddings: f.int('max_position_embeddings', 77, 1),
+    hidden_act: f.oneOf('hidden_act', 'quick_gelu', ['quick_gelu', 'gelu'] as const, 'activation'),
+    layer_norm_eps: f.num('layer_norm_eps', 1e-5),
+    pad_token_id: f.int('pad_token_id', 1),
+    bos_token_id: f.int('bos_token_id', 49406),
+    eos_token_id: f.int('eos_token_id', 49407),
+  };
+  if (c.hidden_size % c.num_attention_heads !== 0) {
+    throw new CheckpointError(path, `hidden_size ${c.hidden_size} is not divisible by num_attention_heads ${c.num_attention_heads}`);
+  }
+  return c;
+}
+
+/** Every weight (names under the component, shapes) of a CLIP text encoder with config `c`. */
+export function clipTextWeightSpec(c: CLIPTextConfig): WeightSpec {
+  const m: WeightSpec = new Map();
+  const D = c.hidden_size;
+  const I = c.intermediate_size;
+  const lin = (p: string, o: number, i: number) => { m.set(`${p}.weight`, [o, i]); m.set(`${p}.bias`, [o]); };
+  const norm = (p: string) => { m.set(`${p}.weight`, [D]); m.set(`${p}.bias`, [D]); };
+  m.set('text_model.embeddings.token_embedding.weight', [c.vocab_size, D]);
+  m.set('text_model.embeddings.position_embedding.weight', [c.max_position_embeddings, D]);
+  for (let i = 0; i < c.num_hidden_layers; i++) {
+    const p = `text_model.encoder.layers.${i}`;
+    for (const x of ['q_proj', 'k_proj', 'v_proj', 'out_proj']) lin(`${p}.self_attn.${x}`, D, D);
+    norm(`${p}.layer_norm1`);
+    lin(`${p}.mlp.fc1`, I, D);
+    lin(`${p}.mlp.fc2`, D, I);
+    norm(`${p}.layer_norm2`);
+  }
+  norm('text_model.final_layer_norm');
+  return m;
+}
 
 export interface ClipTextOptions {
   /** Extra embedding rows [N, D] for ids vocab_size … vocab_size+N-1 (learned tokens). */

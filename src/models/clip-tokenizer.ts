@@ -137,12 +137,17 @@ class BpeModel {
 }
 
 let bundledModel: BpeModel | undefined;
+function bundledMergesText(): string {
+  return gunzipSync(readFileSync(fileURLToPath(new URL('../../assets/clip/merges.txt.gz', import.meta.url)))).toString('utf8');
+}
 function loadBundledModel(): BpeModel {
-  if (!bundledModel) {
-    const path = fileURLToPath(new URL('../../assets/clip/merges.txt.gz', import.meta.url));
-    bundledModel = BpeModel.fromMergesText(gunzipSync(readFileSync(path)).toString('utf8'));
-  }
+  if (!bundledModel) bundledModel = BpeModel.fromMergesText(bundledMergesText());
   return bundledModel;
+}
+
+/** The bundled merges.txt (as SD 1.x / 2.x ship it) and the vocabulary CLIP derives from it. */
+export function bundledClipVocabulary(): { mergesText: string; vocab: ReadonlyMap<string, number> } {
+  return { mergesText: bundledMergesText(), vocab: loadBundledModel().encoder };
 }
 
 // ---------------------------------------------------------------------------------------

@@ -2,14 +2,9 @@
 // for diffusers' names ("down_blocks.0.resnets.0.conv1.weight"); each becomes one graph
 // weight, read lazily and shared by every graph built from the same weight set.
 import { Graph, GraphError, Tensor, type WeightData } from '../graph/index.ts';
+import type { WeightSet } from '../io/weights.ts';
 
-/** One component's weights under diffusers names (implemented by io/checkpoint.ts). */
-export interface WeightSet {
-  has(name: string): boolean;
-  shape(name: string): number[];
-  float32(name: string): Float32Array;
-  fileLocation(name: string): { path: string; offset: number; length: number } | null;
-}
+export type { WeightSet };
 
 const hostCache = new WeakMap<WeightSet, Map<string, Float32Array>>();
 

@@ -1,5 +1,7 @@
 // Reference architectures (Stable Diffusion 1.5 / 2.x as published in diffusers configs).
-import { parseCLIPTextConfig, parseUNetConfig, parseVAEConfig } from '../io/checkpoint.ts';
+import { parseCLIPTextConfig } from './clip-text.ts';
+import { parseUNetConfig } from './unet-config.ts';
+import { parseVAEConfig } from './vae.ts';
 
 export const SD15_UNET = parseUNetConfig({
   in_channels: 4,

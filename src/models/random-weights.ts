@@ -1,6 +1,5 @@
 // Deterministic random weights for an architecture (benchmarks, from-scratch training).
-import type { WeightSet } from './params.ts';
-import type { WeightSpec } from './weight-spec.ts';
+import type { WeightSet, WeightSpec } from '../io/weights.ts';
 
 /** Fills like PyTorch's default init in scale: uniform ±1/√fan_in; norms get weight 1, bias 0. */
 export function initWeight(name: string, shape: readonly number[], seed: number): Float32Array {
@@ -31,6 +30,7 @@ function hash(s: string): number {
 
 export function randomWeightSet(spec: WeightSpec, seed = 0): WeightSet {
   return {
+    names: () => [...spec.keys()].sort(),
     has: (n) => spec.has(n),
     shape: (n) => {
       const s = spec.get(n);

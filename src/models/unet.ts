@@ -1,11 +1,14 @@
-// UNet2DConditionModel as Stable Diffusion 1.x / 2.x use it (diffusers naming).
+// UNet2DConditionModel as Stable Diffusion 1.x / 2.x use it (diffusers naming). Its structure
+// (levels, heads, transformer depths) comes from the config (unet-config.ts), never from
+// which weights happen to exist, so a weight set that does not fit fails by name.
 import * as o from '../graph/index.ts';
 import { GraphError, type Tensor } from '../graph/index.ts';
 import type { Params } from './params.ts';
 import { attentionP, conv, fromTokens, groupNormP, layerNormP, linearP, resnetBlock2D, toTokens } from './blocks.ts';
 
-export type { UNetConfig } from '../io/checkpoint.ts';
-import type { UNetConfig } from '../io/checkpoint.ts';
+import { unetAttentionHeads, unetTransformerLayers, type UNetConfig } from './unet-config.ts';
+
+export * from './unet-config.ts';
 
 interface Ctx {
   cfg: UNetConfig;
@@ -25,7 +28,8 @@ function timestepEmbedding(t: Tensor, dim: number, flip: boolean, shift: number)
   return o.concat(flip ? [c, s] : [s, c], 1);
 }
 
-function transformer2D(p: Params, x: Tensor, heads: number, ctx: Ctx): Tensor {
+/** diffusers Transformer2DModel: `depth` blocks of self-attention, cross-attention and a GEGLU feed-forward. */
+function transformer2D(p: Params, x: Tensor, heads: number, depth: number, ctx: Ctx): Tensor {
   const [, c, h, w] = x.shape;
   const linear = ctx.cfg.use_linear_projection ?? false;
   let t = groupNormP(p.scope('norm'), x, ctx.groups, 1e-6);
@@ -35,27 +39,19 @@ function transformer2D(p: Params, x: Tensor, heads: number, ctx: Ctx): Tensor {
     t = linearP(p.scope('proj_in'), toTokens(t), c);
   }
   const inner = t.shape[2];
-  for (let i = 0; p.has(`transformer_blocks.${i}.norm1.weight`); i++) {
+  for (let i = 0; i < depth; i++) {
     const b = p.scope(`transformer_blocks.${i}`);
     t = o.add(t, attentionP(b.scope('attn1'), layerNormP(b.scope('norm1'), t, 1e-5), null, heads));
     t = o.add(t, attentionP(b.scope('attn2'), layerNormP(b.scope('norm2'), t, 1e-5), ctx.context, heads));
     // GEGLU feed-forward: the projection's first half is the value, the second the gate.
     const n3 = layerNormP(b.scope('norm3'), t, 1e-5);
-    const projW = b.get('ff.net.0.proj.weight');
-    const ffInner = projW.shape[0] / 2;
+    const ffInner = 4 * inner;
     const proj = linearP(b.scope('ff.net.0.proj'), n3, 2 * ffInner);
     const gated = o.mul(o.slice(proj, [2], [0], [ffInner]), o.gelu(o.slice(proj, [2], [ffInner], [2 * ffInner])));
     t = o.add(t, linearP(b.scope('ff.net.2'), gated, inner));
   }
   const out = linear ? fromTokens(linearP(p.scope('proj_out'), t, c), h, w) : conv(p.scope('proj_out'), fromTokens(t, h, w));
   return o.add(out, x);
-}
-
-function headsFor(cfg: UNetConfig, blockIndex: number): number {
-  const spec = cfg.num_attention_heads ?? cfg.attention_head_dim;
-  const n = Array.isArray(spec) ? spec[blockIndex] : spec;
-  if (!n) throw new GraphError(`UNet config: no attention head count for block ${blockIndex}`);
-  return n;
 }
 
 /**
@@ -67,10 +63,13 @@ function headsFor(cfg: UNetConfig, blockIndex: number): number {
 export function unet2DCondition(p: Params, cfg: UNetConfig, sample: Tensor, t: Tensor, context: Tensor): Tensor {
   const c0 = cfg.block_out_channels[0];
   const tproj = timestepEmbedding(t, c0, cfg.flip_sin_to_cos ?? true, cfg.freq_shift ?? 0);
-  const tdim = p.get('time_embedding.linear_1.weight').shape[0];
+  const tdim = 4 * c0;
   let temb = linearP(p.scope('time_embedding.linear_1'), tproj, tdim);
   temb = linearP(p.scope('time_embedding.linear_2'), o.silu(temb), tdim);
   const ctx: Ctx = { cfg, groups: cfg.norm_num_groups, eps: cfg.norm_eps, context, temb };
+  const heads = unetAttentionHeads(cfg);
+  const depth = unetTransformerLayers(cfg);
+  const nBlocks = cfg.block_out_channels.length;
 
   let h = conv(p.scope('conv_in'), sample, { padding: 1 });
   const skips: Tensor[] = [h];
@@ -80,32 +79,31 @@ export function unet2DCondition(p: Params, cfg: UNetConfig, sample: Tensor, t: T
     if (!cross && type !== 'DownBlock2D') throw new GraphError(`UNet: unsupported down block type "${type}"`);
     for (let j = 0; j < cfg.layers_per_block; j++) {
       h = resnetBlock2D(bp.scope(`resnets.${j}`), h, temb, ctx.groups, ctx.eps);
-      if (cross) h = transformer2D(bp.scope(`attentions.${j}`), h, headsFor(cfg, i), ctx);
+      if (cross) h = transformer2D(bp.scope(`attentions.${j}`), h, heads[i], depth[i], ctx);
       skips.push(h);
     }
-    if (bp.has('downsamplers.0.conv.weight')) {
+    if (i < nBlocks - 1) {
       h = conv(bp.scope('downsamplers.0.conv'), h, { stride: 2, padding: 1 });
       skips.push(h);
     }
   });
 
   const mid = p.scope('mid_block');
-  const nBlocks = cfg.block_out_channels.length;
   h = resnetBlock2D(mid.scope('resnets.0'), h, temb, ctx.groups, ctx.eps);
-  h = transformer2D(mid.scope('attentions.0'), h, headsFor(cfg, nBlocks - 1), ctx);
+  h = transformer2D(mid.scope('attentions.0'), h, heads[nBlocks - 1], depth[nBlocks - 1], ctx);
   h = resnetBlock2D(mid.scope('resnets.1'), h, temb, ctx.groups, ctx.eps);
 
   cfg.up_block_types.forEach((type, i) => {
     const bp = p.scope(`up_blocks.${i}`);
     const cross = type === 'CrossAttnUpBlock2D';
     if (!cross && type !== 'UpBlock2D') throw new GraphError(`UNet: unsupported up block type "${type}"`);
-    const heads = cross ? headsFor(cfg, nBlocks - 1 - i) : 0;
+    const level = nBlocks - 1 - i;
     for (let j = 0; j <= cfg.layers_per_block; j++) {
       h = o.concat([h, skips.pop()!], 1);
       h = resnetBlock2D(bp.scope(`resnets.${j}`), h, temb, ctx.groups, ctx.eps);
-      if (cross) h = transformer2D(bp.scope(`attentions.${j}`), h, heads, ctx);
+      if (cross) h = transformer2D(bp.scope(`attentions.${j}`), h, heads[level], depth[level], ctx);
     }
-    if (bp.has('upsamplers.0.conv.weight')) {
+    if (i < nBlocks - 1) {
       const next = skips[skips.length - 1];
       h = conv(bp.scope('upsamplers.0.conv'), o.resizeNearest(h, [next.shape[2], next.shape[3]]), { padding: 1 });
     }

@@ -4,7 +4,7 @@
 import { dirname } from 'node:path';
 import { Graph, type Tensor, type WeightMode } from '../graph/index.ts';
 import { compile, type CompiledGraph, type CompileOptions } from '../runtime/session.ts';
-import { loadCheckpoint, type LoadOptions, type StableDiffusionCheckpoint } from '../io/checkpoint.ts';
+import { loadCheckpoint, type LoadOptions, type StableDiffusionCheckpoint } from './checkpoint.ts';
 import { CLIPTokenizer } from '../models/clip-tokenizer.ts';
 import { clipTextEncoder } from '../models/clip-text.ts';
 import { unet2DCondition } from '../models/unet.ts';

@@ -72,171 +72,211 @@ export interface VerifyOptions extends SDOptions {
   onRow?: (row: VerifyRow) => void;
 }
 
+/** What every check reads: the reference file, the model, and where rows go. */
+interface Check {
+  ref: SafetensorsFile;
+  sd: StableDiffusion;
+  push: (r: VerifyRow) => void;
+  /** A float tensor of the reference file. */
+  F: (name: string) => Float32Array;
+  /** An integer tensor of the reference file, as numbers. */
+  I: (name: string) => number[];
+  prompts: string[];
+  placeholder: string;
+}
+
+/** The learned placeholder as textual_inversion.py adds it: its id and its initial row. */
+interface Placeholder {
+  id: number;
+  initRow: Float32Array;
+}
+
+/** Tokenizer: the model's own, plus the placeholder as textual_inversion.py adds it. */
+function checkTokenizer(c: Check, withToken: CLIPTokenizer, placeholderId: number, initIds: number[]): void {
+  const { push, I, prompts } = c;
+  const base = c.sd.tokenizer;
+  push(exact('tok.input_ids', prompts.flatMap((p) => withToken.call(p).inputIds), I('tok.input_ids')));
+  push(exact('tok.input_ids_base', prompts.flatMap((p) => base.call(p).inputIds), I('tok.input_ids_base')));
+  push(exact('tok.attention_mask', prompts.flatMap((p) => withToken.call(p).attentionMask), I('tok.attention_mask')));
+  push(exact('tok.placeholder_id', [placeholderId], I('tok.placeholder_id')));
+  push(exact('tok.initializer_id', initIds, I('tok.initializer_id')));
+  push(exact('tok.bos_id', [withToken.bosId], I('tok.bos_id')));
+  push(exact('tok.eos_id', [withToken.eosId], I('tok.eos_id')));
+  push(exact('tok.pad_id', [withToken.padId], I('tok.pad_id')));
+}
+
+async function checkTextEncoder(c: Check, initRow: Float32Array): Promise<void> {
+  const { sd, push, F, prompts } = c;
+  push(compare('te.placeholder_row', initRow, F('te.placeholder_row')));
+  const ids = prompts.flatMap((p) => sd.tokenizer.call(p).inputIds);
+  push(compare('te.last_hidden_state', await sd.encodeIds(ids, prompts.length), F('te.last_hidden_state')));
+}
+
+function checkGuidanceInputs(c: Check, cond: EncodedPrompt, uncond: EncodedPrompt): void {
+  const { sd, push, F, I } = c;
+  push(exact('cfg.cond_input_ids', sd.tokenizer.call(c.prompts[0]).inputIds, I('cfg.cond_input_ids')));
+  push(exact('cfg.uncond_input_ids', sd.tokenizer.call('').inputIds, I('cfg.uncond_input_ids')));
+  push(compare('cfg.cond_embeds', cond.hidden, F('cfg.cond_embeds')));
+  push(compare('cfg.uncond_embeds', uncond.hidden, F('cfg.uncond_embeds')));
+}
+
+/** One UNet call, the batched CFG call and its guidance, and a fractional timestep. */
+async function checkUnet(c: Check, cond: EncodedPrompt, uncond: EncodedPrompt): Promise<void> {
+  const { ref, sd, push, F, I } = c;
+  const shape = ref.info('unet.latents').shape;
+  const x = F('unet.latents');
+  const t = I('unet.timestep')[0];
+  push(compare('unet.noise_pred', await sd.unet(x, shape, [t], cond.hidden), F('unet.noise_pred')));
+  const both = new Float32Array(2 * x.length);
+  both.set(x);
+  both.set(x, x.length);
+  const ctx = new Float32Array(2 * cond.hidden.length);
+  ctx.set(uncond.hidden);
+  ctx.set(cond.hidden, cond.hidden.length);
+  const batched = await sd.unet(both, [2, ...shape.slice(1)], [t, t], ctx);
+  push(compare('unet.cfg.noise_pred_batched', batched, F('unet.cfg.noise_pred_batched')));
+  const s = F('unet.cfg.guidance_scale')[0];
+  const n = x.length;
+  push(compare('unet.cfg.guided', Float32Array.from({ length: n }, (_, k) => batched[k] + s * (batched[n + k] - batched[k])), F('unet.cfg.guided')));
+  const tf = F('unet.timestep_float')[0];
+  push(compare('unet.noise_pred_float_t', await sd.unet(x, shape, [tf], cond.hidden), F('unet.noise_pred_float_t')));
+}
+
+async function checkVae(c: Check): Promise<void> {
+  const { ref, sd, push, F } = c;
+  const enc = await sd.vaeEncode(F('vae.pixels'), ref.info('vae.pixels').shape);
+  push(compare('vae.enc.mean', enc.mean, F('vae.enc.mean')));
+  push(compare('vae.enc.std', enc.std, F('vae.enc.std')));
+  push(compare('vae.enc.logvar', enc.logvar, F('vae.enc.logvar')));
+  push(compare('vae.dec.sample', await sd.vaeDecode(F('vae.dec.latents'), ref.info('vae.dec.latents').shape), F('vae.dec.sample')));
+  push(compare('vae.scaling_factor', [sd.scalingFactor], F('vae.scaling_factor')));
+}
+
+/** The DDPM tables, then every scheduler variant's timesteps, sigmas and initial noise scale at 10, 20, 30 steps. */
+function checkSchedules(c: Check): void {
+  const { ref, sd, push, F, I } = c;
+  const ddpm = createScheduler('ddpm', sd.ckpt.schedulerConfig);
+  push(compare('sched.betas', ddpm.betas, F('sched.betas'), 1e-6));
+  push(compare('sched.alphas_cumprod', ddpm.alphasCumprod, F('sched.alphas_cumprod'), 1e-6));
+  for (const [variant, spec] of Object.entries(SCHEDULE_VARIANTS)) {
+    for (const n of [10, 20, 30]) {
+      const key = `sched.${variant}.${n}`;
+      if (!ref.has(`${key}.init_noise_sigma`)) continue;
+      const s = createScheduler(spec.kind, sd.ckpt.schedulerConfig, spec.karras ? { useKarrasSigmas: true } : {});
+      s.setTimesteps(n);
+      const tsRef = ref.info(`${key}.timesteps`).dtype === 'I64' ? I(`${key}.timesteps`) : F(`${key}.timesteps`);
+      push(ref.info(`${key}.timesteps`).dtype === 'I64' ? exact(`${key}.timesteps`, s.timesteps, tsRef) : compare(`${key}.timesteps`, s.timesteps, tsRef, 1e-5));
+      if (ref.has(`${key}.sigmas`)) push(compare(`${key}.sigmas`, s.sigmas ?? [], F(`${key}.sigmas`), 1e-5));
+      push(compare(`${key}.init_noise_sigma`, [s.initNoiseSigma], F(`${key}.init_noise_sigma`), 1e-5));
+    }
+  }
+}
+
+/** Whole sampling trajectories (every step's UNet output and latents) and their decoded images. */
+async function checkSampling(c: Check, cond: EncodedPrompt, uncond: EncodedPrompt): Promise<void> {
+  const { ref, sd, push, F, I } = c;
+  const shape = ref.info('sample.init_latents').shape;
+  const latentShape = [shape[1], shape[2], shape[3]] as [number, number, number];
+  const steps = I('sample.num_inference_steps')[0];
+  const guidance = F('sample.guidance_scale')[0];
+  for (const [name, spec] of [['ddim', { kind: 'ddim' }], ['euler', { kind: 'euler' }], ['dpmpp2m_karras', { kind: 'dpmpp2m', karras: true }]] as const) {
+    if (!ref.has(`sample.${name}.latents`)) continue;
+    const scheduler = createScheduler(spec.kind as SchedulerKind, sd.ckpt.schedulerConfig, 'karras' in spec ? { useKarrasSigmas: true } : {});
+    const unetOut: Float32Array[] = [];
+    const lat: Float32Array[] = [];
+    const tsSeen: number[] = [];
+    const final = await denoise(sd, {
+      scheduler, steps, guidance, initLatents: F('sample.init_latents'), latentShape, cond, uncond,
+      onStep: (s) => { unetOut.push(s.unetOut); lat.push(s.latents); tsSeen.push(s.t); },
+    });
+    push(compare(`sample.${name}.init_noise_sigma`, [scheduler.initNoiseSigma], F(`sample.${name}.init_noise_sigma`), 1e-5));
+    push(compare(`sample.${name}.timesteps`, tsSeen, F(`sample.${name}.timesteps`), 1e-5));
+    push(compare(`sample.${name}.unet_out`, concat(unetOut), F(`sample.${name}.unet_out`), 1e-3, 'all steps'));
+    push(compare(`sample.${name}.latents`, concat(lat), F(`sample.${name}.latents`), 1e-3, 'all steps; final latents decide'));
+    const dec = await decodeLatents(sd, final, latentShape);
+    push(compare(`sample.${name}.decoded`, dec.decoded, F(`sample.${name}.decoded`), 1e-3));
+    push(compare(`sample.${name}.image`, dec.image, F(`sample.${name}.image`), 1e-3));
+  }
+}
+
+/** One textual-inversion step per reference timestep: latents, noise, prediction, loss, gradient, AdamW update. */
+async function checkTextualInversion(c: Check, p: Placeholder): Promise<void> {
+  const { ref, sd, push, F, I } = c;
+  const d = sd.hiddenSize;
+  const [lr, beta1, beta2, eps, weightDecay] = F('ti.adamw');
+  const ts = I('ti.timesteps');
+  const lshape = ref.info('ti.latents').shape.slice(1);
+  const n = lshape.reduce((a, b) => a * b, 1);
+  const enc = await sd.vaeEncode(F('ti.pixels'), ref.info('ti.pixels').shape);
+  const vaeEps = F('ti.vae_eps');
+  const noise = F('ti.noise');
+  const noiseSched = createScheduler('ddpm', sd.ckpt.schedulerConfig);
+  const step = await TrainStep.create(sd, { batch: 1, rows: 1, latent: [lshape[1], lshape[2], lshape[3]] }, true);
+  const ids = I('ti.input_ids').map((id) => (id === p.id ? sd.learned.get(c.placeholder)!.ids[0] : id));
+  const out: Record<string, Float32Array[]> = { latents: [], noisy: [], ehs: [], pred: [], target: [], loss: [], grad: [], after: [] };
+  for (let k = 0; k < ts.length; k++) {
+    const e = vaeEps.subarray(k * n, (k + 1) * n);
+    const latents = Float32Array.from(enc.mean, (m, i) => (m + enc.std[i] * e[i]) * sd.scalingFactor);
+    const nz = noise.subarray(k * n, (k + 1) * n);
+    const noisy = noiseSched.addNoise(latents, nz, [ts[k]]);
+    const target = noiseSched.trainingTarget(latents, nz, [ts[k]]);
+    const r = await step.run({ ids, rows: p.initRow, noisy, t: [ts[k]], target });
+    const v = Float32Array.from(p.initRow);
+    adamWStep(v, r.grad, adamWState(d), { lr, beta1, beta2, eps, weightDecay });
+    out.latents.push(latents); out.noisy.push(noisy); out.ehs.push(r.context!); out.pred.push(r.pred!);
+    out.target.push(target); out.loss.push(Float32Array.of(r.loss)); out.grad.push(r.grad); out.after.push(v);
+  }
+  push(compare('ti.latents', concat(out.latents), F('ti.latents')));
+  push(compare('ti.noisy_latents', concat(out.noisy), F('ti.noisy_latents')));
+  push(compare('ti.encoder_hidden_states', concat(out.ehs), F('ti.encoder_hidden_states')));
+  push(compare('ti.model_pred', concat(out.pred), F('ti.model_pred')));
+  push(compare('ti.target', concat(out.target), F('ti.target')));
+  push(compare('ti.loss', concat(out.loss), F('ti.loss')));
+  const g = concat(out.grad);
+  const gRef = F('ti.grad_placeholder');
+  const row = compare('ti.grad_placeholder', g, gRef);
+  let worstCos = 1;
+  for (let k = 0; k < ts.length; k++) worstCos = Math.min(worstCos, cosine(g.subarray(k * d, (k + 1) * d), gRef.subarray(k * d, (k + 1) * d)));
+  row.pass = row.pass && worstCos >= 0.9999;
+  row.note = `cosine ${worstCos.toFixed(7)} (≥ 0.9999)`;
+  push(row);
+  push(compare('ti.placeholder_after_adamw', concat(out.after), F('ti.placeholder_after_adamw')));
+}
+
 export async function verify(modelPath: string, referencePath: string, opts: VerifyOptions = {}): Promise<VerifyRow[]> {
   const ref = SafetensorsFile.open(referencePath);
   const meta = ref.metadata;
   const sd = StableDiffusion.load(modelPath, opts);
   const rows: VerifyRow[] = [];
   const want = (prefix: string) => !opts.only || opts.only.some((p) => prefix.startsWith(p) || p.startsWith(prefix));
-  const push = (r: VerifyRow) => {
-    rows.push(r);
-    opts.onRow?.(r);
+  const c: Check = {
+    ref, sd,
+    push: (r) => { rows.push(r); opts.onRow?.(r); },
+    F: (n) => ref.readFloat32(n),
+    I: (n) => nums(ref.read(n) as BigInt64Array),
+    prompts: JSON.parse(meta.prompts ?? '[]') as string[],
+    placeholder: meta.placeholder_token ?? '<cat-toy>',
   };
-  const F = (n: string) => ref.readFloat32(n);
-  const I = (n: string) => nums(ref.read(n) as BigInt64Array);
   const d = sd.hiddenSize;
-  const prompts = JSON.parse(meta.prompts ?? '[]') as string[];
-  const placeholder = meta.placeholder_token ?? '<cat-toy>';
-  const initializer = meta.initializer_token ?? 'toy';
 
-  // Tokenizer: the model's own, plus the placeholder as textual_inversion.py adds it.
-  const base = sd.tokenizer;
+  // The tokenizer with the placeholder added; the learned row starts as a copy of the initializer's row.
   const withToken = sd.ckpt.tokenizerDir ? CLIPTokenizer.fromDir(sd.ckpt.tokenizerDir) : CLIPTokenizer.bundled(sd.ckpt.family === 'sd2' ? { padToken: '!' } : {});
-  const [placeholderId] = withToken.addTokens([placeholder]);
-  const initIds = withToken.encode(initializer);
-  if (want('tok.') && ref.has('tok.input_ids')) {
-    const ids = prompts.flatMap((p) => withToken.call(p).inputIds);
-    push(exact('tok.input_ids', ids, I('tok.input_ids')));
-    push(exact('tok.input_ids_base', prompts.flatMap((p) => base.call(p).inputIds), I('tok.input_ids_base')));
-    push(exact('tok.attention_mask', prompts.flatMap((p) => withToken.call(p).attentionMask), I('tok.attention_mask')));
-    push(exact('tok.placeholder_id', [placeholderId], I('tok.placeholder_id')));
-    push(exact('tok.initializer_id', initIds, I('tok.initializer_id')));
-    push(exact('tok.bos_id', [withToken.bosId], I('tok.bos_id')));
-    push(exact('tok.eos_id', [withToken.eosId], I('tok.eos_id')));
-    push(exact('tok.pad_id', [withToken.padId], I('tok.pad_id')));
-  }
+  const [placeholderId] = withToken.addTokens([c.placeholder]);
+  const initIds = withToken.encode(meta.initializer_token ?? 'toy');
+  if (want('tok.') && ref.has('tok.input_ids')) checkTokenizer(c, withToken, placeholderId, initIds);
+  const initRow = sd.ckpt.textEncoder.float32('text_model.embeddings.token_embedding.weight').slice(initIds[0] * d, (initIds[0] + 1) * d);
+  sd.addLearnedToken(c.placeholder, initRow, 1);
 
-  // The learned row starts as a copy of the initializer's row.
-  const table = sd.ckpt.textEncoder;
-  const tableName = 'text_model.embeddings.token_embedding.weight';
-  const initRow = table.float32(tableName).slice(initIds[0] * d, (initIds[0] + 1) * d);
-  sd.addLearnedToken(placeholder, initRow, 1);
-  if (want('te.') && ref.has('te.last_hidden_state')) {
-    push(compare('te.placeholder_row', initRow, F('te.placeholder_row')));
-    const ids = prompts.flatMap((p) => sd.tokenizer.call(p).inputIds);
-    push(compare('te.last_hidden_state', await sd.encodeIds(ids, prompts.length), F('te.last_hidden_state')));
-  }
+  if (want('te.') && ref.has('te.last_hidden_state')) await checkTextEncoder(c, initRow);
   const encode = async (text: string): Promise<EncodedPrompt> => ({ hidden: await sd.encodeIds(sd.tokenizer.call(text).inputIds, 1), chunks: 1, tokenCount: 0 });
-  const cond = await encode(prompts[0] ?? '');
+  const cond = await encode(c.prompts[0] ?? '');
   const uncond = await encode('');
-  if (want('cfg.') && ref.has('cfg.cond_embeds')) {
-    push(exact('cfg.cond_input_ids', sd.tokenizer.call(prompts[0]).inputIds, I('cfg.cond_input_ids')));
-    push(exact('cfg.uncond_input_ids', sd.tokenizer.call('').inputIds, I('cfg.uncond_input_ids')));
-    push(compare('cfg.cond_embeds', cond.hidden, F('cfg.cond_embeds')));
-    push(compare('cfg.uncond_embeds', uncond.hidden, F('cfg.uncond_embeds')));
-  }
-
-  if (want('unet.') && ref.has('unet.latents')) {
-    const shape = ref.info('unet.latents').shape;
-    const x = F('unet.latents');
-    const t = I('unet.timestep')[0];
-    push(compare('unet.noise_pred', await sd.unet(x, shape, [t], cond.hidden), F('unet.noise_pred')));
-    const both = new Float32Array(2 * x.length);
-    both.set(x);
-    both.set(x, x.length);
-    const ctx = new Float32Array(2 * cond.hidden.length);
-    ctx.set(uncond.hidden);
-    ctx.set(cond.hidden, cond.hidden.length);
-    const batched = await sd.unet(both, [2, ...shape.slice(1)], [t, t], ctx);
-    push(compare('unet.cfg.noise_pred_batched', batched, F('unet.cfg.noise_pred_batched')));
-    const s = F('unet.cfg.guidance_scale')[0];
-    const n = x.length;
-    push(compare('unet.cfg.guided', Float32Array.from({ length: n }, (_, k) => batched[k] + s * (batched[n + k] - batched[k])), F('unet.cfg.guided')));
-    const tf = F('unet.timestep_float')[0];
-    push(compare('unet.noise_pred_float_t', await sd.unet(x, shape, [tf], cond.hidden), F('unet.noise_pred_float_t')));
-  }
-
-  if (want('vae.') && ref.has('vae.pixels')) {
-    const enc = await sd.vaeEncode(F('vae.pixels'), ref.info('vae.pixels').shape);
-    push(compare('vae.enc.mean', enc.mean, F('vae.enc.mean')));
-    push(compare('vae.enc.std', enc.std, F('vae.enc.std')));
-    push(compare('vae.enc.logvar', enc.logvar, F('vae.enc.logvar')));
-    push(compare('vae.dec.sample', await sd.vaeDecode(F('vae.dec.latents'), ref.info('vae.dec.latents').shape), F('vae.dec.sample')));
-    push(compare('vae.scaling_factor', [sd.scalingFactor], F('vae.scaling_factor')));
-  }
-
-  if (want('sched.') && ref.has('sched.betas')) {
-    const ddpm = createScheduler('ddpm', sd.ckpt.schedulerConfig);
-    push(compare('sched.betas', ddpm.betas, F('sched.betas'), 1e-6));
-    push(compare('sched.alphas_cumprod', ddpm.alphasCumprod, F('sched.alphas_cumprod'), 1e-6));
-    for (const [variant, spec] of Object.entries(SCHEDULE_VARIANTS)) {
-      for (const n of [10, 20, 30]) {
-        const key = `sched.${variant}.${n}`;
-        if (!ref.has(`${key}.init_noise_sigma`)) continue;
-        const s = createScheduler(spec.kind, sd.ckpt.schedulerConfig, spec.karras ? { useKarrasSigmas: true } : {});
-        s.setTimesteps(n);
-        const tsRef = ref.info(`${key}.timesteps`).dtype === 'I64' ? I(`${key}.timesteps`) : F(`${key}.timesteps`);
-        push(ref.info(`${key}.timesteps`).dtype === 'I64' ? exact(`${key}.timesteps`, s.timesteps, tsRef) : compare(`${key}.timesteps`, s.timesteps, tsRef, 1e-5));
-        if (ref.has(`${key}.sigmas`)) push(compare(`${key}.sigmas`, s.sigmas ?? [], F(`${key}.sigmas`), 1e-5));
-        push(compare(`${key}.init_noise_sigma`, [s.initNoiseSigma], F(`${key}.init_noise_sigma`), 1e-5));
-      }
-    }
-  }
-
-  if (want('sample.') && ref.has('sample.init_latents')) {
-    const shape = ref.info('sample.init_latents').shape;
-    const latentShape = [shape[1], shape[2], shape[3]] as [number, number, number];
-    const steps = I('sample.num_inference_steps')[0];
-    const guidance = F('sample.guidance_scale')[0];
-    for (const [name, spec] of [['ddim', { kind: 'ddim' }], ['euler', { kind: 'euler' }], ['dpmpp2m_karras', { kind: 'dpmpp2m', karras: true }]] as const) {
-      if (!ref.has(`sample.${name}.latents`)) continue;
-      const scheduler = createScheduler(spec.kind as SchedulerKind, sd.ckpt.schedulerConfig, 'karras' in spec ? { useKarrasSigmas: true } : {});
-      const unetOut: Float32Array[] = [];
-      const lat: Float32Array[] = [];
-      const tsSeen: number[] = [];
-      const final = await denoise(sd, {
-        scheduler, steps, guidance, initLatents: F('sample.init_latents'), latentShape, cond, uncond,
-        onStep: (s) => { unetOut.push(s.unetOut); lat.push(s.latents); tsSeen.push(s.t); },
-      });
-      push(compare(`sample.${name}.init_noise_sigma`, [scheduler.initNoiseSigma], F(`sample.${name}.init_noise_sigma`), 1e-5));
-      push(compare(`sample.${name}.timesteps`, tsSeen, F(`sample.${name}.timesteps`), 1e-5));
-      push(compare(`sample.${name}.unet_out`, concat(unetOut), F(`sample.${name}.unet_out`), 1e-3, 'all steps'));
-      push(compare(`sample.${name}.latents`, concat(lat), F(`sample.${name}.latents`), 1e-3, 'all steps; final latents decide'));
-      const dec = await decodeLatents(sd, final, latentShape);
-      push(compare(`sample.${name}.decoded`, dec.decoded, F(`sample.${name}.decoded`), 1e-3));
-      push(compare(`sample.${name}.image`, dec.image, F(`sample.${name}.image`), 1e-3));
-    }
-  }
-
-  if (want('ti.') && ref.has('ti.loss')) {
-    const [lr, beta1, beta2, eps, weightDecay] = F('ti.adamw');
-    const ts = I('ti.timesteps');
-    const lshape = ref.info('ti.latents').shape.slice(1);
-    const n = lshape.reduce((a, b) => a * b, 1);
-    const enc = await sd.vaeEncode(F('ti.pixels'), ref.info('ti.pixels').shape);
-    const vaeEps = F('ti.vae_eps');
-    const noise = F('ti.noise');
-    const noiseSched = createScheduler('ddpm', sd.ckpt.schedulerConfig);
-    const step = await TrainStep.create(sd, { batch: 1, rows: 1, latent: [lshape[1], lshape[2], lshape[3]] }, true);
-    const out: Record<string, Float32Array[]> = { latents: [], noisy: [], ehs: [], pred: [], target: [], loss: [], grad: [], after: [] };
-    for (let k = 0; k < ts.length; k++) {
-      const e = vaeEps.subarray(k * n, (k + 1) * n);
-      const latents = Float32Array.from(enc.mean, (m, i) => (m + enc.std[i] * e[i]) * sd.scalingFactor);
-      const nz = noise.subarray(k * n, (k + 1) * n);
-      const noisy = noiseSched.addNoise(latents, nz, [ts[k]]);
-      const target = noiseSched.trainingTarget(latents, nz, [ts[k]]);
-      const r = await step.run({ ids: I('ti.input_ids').map((id) => (id === placeholderId ? sd.learned.get(placeholder)!.ids[0] : id)), rows: initRow, noisy, t: [ts[k]], target });
-      const v = Float32Array.from(initRow);
-      adamWStep(v, r.grad, adamWState(d), { lr, beta1, beta2, eps, weightDecay });
-      out.latents.push(latents); out.noisy.push(noisy); out.ehs.push(r.context!); out.pred.push(r.pred!);
-      out.target.push(target); out.loss.push(Float32Array.of(r.loss)); out.grad.push(r.grad); out.after.push(v);
-    }
-    push(compare('ti.latents', concat(out.latents), F('ti.latents')));
-    push(compare('ti.noisy_latents', concat(out.noisy), F('ti.noisy_latents')));
-    push(compare('ti.encoder_hidden_states', concat(out.ehs), F('ti.encoder_hidden_states')));
-    push(compare('ti.model_pred', concat(out.pred), F('ti.model_pred')));
-    push(compare('ti.target', concat(out.target), F('ti.target')));
-    push(compare('ti.loss', concat(out.loss), F('ti.loss')));
-    const g = concat(out.grad);
-    const gRef = F('ti.grad_placeholder');
-    const row = compare('ti.grad_placeholder', g, gRef);
-    let worstCos = 1;
-    for (let k = 0; k < ts.length; k++) worstCos = Math.min(worstCos, cosine(g.subarray(k * d, (k + 1) * d), gRef.subarray(k * d, (k + 1) * d)));
-    row.pass = row.pass && worstCos >= 0.9999;
-    row.note = `cosine ${worstCos.toFixed(7)} (≥ 0.9999)`;
-    push(row);
-    push(compare('ti.placeholder_after_adamw', concat(out.after), F('ti.placeholder_after_adamw')));
-  }
+  if (want('cfg.') && ref.has('cfg.cond_embeds')) checkGuidanceInputs(c, cond, uncond);
+  if (want('unet.') && ref.has('unet.latents')) await checkUnet(c, cond, uncond);
+  if (want('vae.') && ref.has('vae.pixels')) await checkVae(c);
+  if (want('sched.') && ref.has('sched.betas')) checkSchedules(c);
+  if (want('sample.') && ref.has('sample.init_latents')) await checkSampling(c, cond, uncond);
+  if (want('ti.') && ref.has('ti.loss')) await checkTextualInversion(c, { id: placeholderId, initRow });
   return rows;
 }
 

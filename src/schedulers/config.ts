@@ -2,7 +2,7 @@
 // model folder's file is read as-is) and the `from_config` rules that turn a model's
 // config into the settings of a possibly different scheduler class.
 
-import { defaultSchedulerConfig as checkpointSchedulerDefaults } from '../io/checkpoint.ts';
+import type { Family } from '../io/ldm-names.ts';
 import { OnewordError } from '../errors.ts';
 
 /** A scheduler_config.json as parsed (diffusers writes Python floats, e.g. -Infinity). */
@@ -110,14 +110,32 @@ export function checkOneOf<T extends string>(className: string, key: string, val
 }
 
 /**
+ * The prediction type of a Stable Diffusion model whose files do not say: SD 1.x predicts
+ * noise (epsilon); SD 2.x predicts v at 768 px (2.0/2.1-768-v) and noise at 512 px (the
+ * "base" models). Without a resolution, SD 2.x is taken as 768-v, as diffusers does for
+ * single files (its default config is stabilityai/stable-diffusion-2-1).
+ */
+export function defaultPredictionType(family: Family, sampleSize?: number | null): 'epsilon' | 'v_prediction' {
+  if (family === 'sd1') return 'epsilon';
+  return sampleSize == null || sampleSize >= 96 ? 'v_prediction' : 'epsilon';
+}
+
+/**
  * Scheduler configs for single-file checkpoints (no `scheduler/` folder): the configs the
- * diffusers-format releases ship. SD 1.x: runwayml/stable-diffusion-v1-5 (PNDM);
+ * diffusers-format releases ship. SD 1.x: runwayml/stable-diffusion-v1-5 (PNDM, epsilon);
  * SD 2.x: stabilityai/stable-diffusion-2-1 (DDIM, v_prediction; the 512px "base" models
  * are epsilon — pass predictionType). Neither sets `timestep_spacing`, so each scheduler
  * class keeps its own default, exactly as with a model folder.
  */
-export function defaultSchedulerConfig(family: 'sd1' | 'sd2', predictionType?: PredictionType): RawSchedulerConfig {
-  // One source of truth: the checkpoint loader's defaults for single-file models.
-  if (predictionType === 'sample') throw new SchedulerConfigError('single-file defaults exist for epsilon and v_prediction only');
-  return checkpointSchedulerDefaults(family, predictionType ?? (family === 'sd1' ? 'epsilon' : 'v_prediction'));
+export function defaultSchedulerConfig(family: Family, predictionType?: PredictionType): RawSchedulerConfig {
+  const prediction = predictionType ?? defaultPredictionType(family);
+  if (prediction === 'sample') throw new SchedulerConfigError('single-file defaults exist for epsilon and v_prediction only');
+  const common = {
+    beta_end: 0.012, beta_schedule: 'scaled_linear', beta_start: 0.00085, clip_sample: false, num_train_timesteps: 1000,
+    set_alpha_to_one: false, skip_prk_steps: true, steps_offset: 1, trained_betas: null,
+  };
+  if (family === 'sd1') {
+    return { _class_name: 'PNDMScheduler', ...common, ...(prediction === 'epsilon' ? {} : { prediction_type: prediction }) };
+  }
+  return { _class_name: 'DDIMScheduler', ...common, prediction_type: prediction };
 }

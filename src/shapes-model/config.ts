@@ -1,7 +1,8 @@
 // The architecture of oneword's own small latent diffusion model ("shapes"), written as the
 // exact config.json files diffusers / transformers use, plus the training recipe.
-import type { CLIPTextConfig, UNetConfig, VAEConfig } from '../io/checkpoint.ts';
-import { parseCLIPTextConfig, parseUNetConfig, parseVAEConfig } from '../io/checkpoint.ts';
+import { parseCLIPTextConfig, type CLIPTextConfig } from '../models/clip-text.ts';
+import { parseUNetConfig, type UNetConfig } from '../models/unet-config.ts';
+import { parseVAEConfig, type VAEConfig } from '../models/vae.ts';
 
 export interface ArchSpec {
   /** VAE channels per level; the number of levels sets the down factor 2^(n-1). */

@@ -1,17 +1,13 @@
 // Saves the model as a diffusers folder (model_index.json, unet/, vae/, text_encoder/,
 // tokenizer/, scheduler/), loadable by diffusers' StableDiffusionPipeline.from_pretrained
-// and by oneword's own io/checkpoint.ts.
-import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+// and by oneword's own loader (pipelines/checkpoint.ts).
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { writeSafetensors, type TensorToWrite } from '../io/safetensors.ts';
+import { writeClipTokenizer } from '../models/clip-tokenizer-files.ts';
 import { type ArchSpec, type DiffusionSpec, SD1_DIFFUSION } from './config.ts';
 import { modelIndexJson, schedulerConfigJson, textConfigJson, unetConfigJson, vaeConfigJson } from './config.ts';
 import type { ParamStore } from './params.ts';
-
-/** The CLIP tokenizer files shipped with the tiny SD1 fixture (the real SD 1.x vocabulary). */
-export const TOKENIZER_SOURCE = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'test', 'fixtures', 'sd1-tiny', 'tokenizer');
-export const TOKENIZER_FILES = ['vocab.json', 'merges.txt', 'tokenizer_config.json', 'special_tokens_map.json'];
 
 function tensors(store: ParamStore): Record<string, TensorToWrite> {
   const out: Record<string, TensorToWrite> = {};
@@ -46,5 +42,5 @@ export function exportDiffusers(dir: string, m: ExportInput): void {
   writeJson(join(dir, 'text_encoder', 'config.json'), textConfigJson(m.arch));
   writeSafetensors(join(dir, 'text_encoder', 'model.safetensors'), tensors(m.text), meta);
   writeJson(join(dir, 'scheduler', 'scheduler_config.json'), schedulerConfigJson(m.diffusion ?? SD1_DIFFUSION));
-  for (const f of TOKENIZER_FILES) copyFileSync(join(TOKENIZER_SOURCE, f), join(dir, 'tokenizer', f));
+  writeClipTokenizer(join(dir, 'tokenizer'));
 }

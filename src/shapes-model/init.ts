@@ -3,7 +3,9 @@
 import { initWeight } from '../models/random-weights.ts';
 import { Rng } from '../shapes/random.ts';
 import { ParamStore } from './params.ts';
-import { clipTextWeightSpec, unetWeightSpec, vaeWeightSpec } from '../models/weight-spec.ts';
+import { clipTextWeightSpec } from '../models/clip-text.ts';
+import { unetWeightSpec } from '../models/unet-config.ts';
+import { vaeWeightSpec } from '../models/vae.ts';
 import type { ParsedArch } from './config.ts';
 
 function normal(name: string, n: number, std: number, seed: number): Float32Array {

@@ -1,8 +1,10 @@
 // A small text-to-image sampler for the shapes model (DDIM with classifier-free guidance),
 // used to evaluate training. Works on any SD-1.x-layout model built from these graphs.
 import { Graph } from '../graph/index.ts';
-import type { CLIPTextConfig, UNetConfig, VAEConfig } from '../io/checkpoint.ts';
-import { loadCheckpoint } from '../io/checkpoint.ts';
+import type { CLIPTextConfig } from '../models/clip-text.ts';
+import type { UNetConfig } from '../models/unet-config.ts';
+import type { VAEConfig } from '../models/vae.ts';
+import { loadCheckpoint } from '../pipelines/checkpoint.ts';
 import { clipTextEncoder } from '../models/clip-text.ts';
 import { CLIPTokenizer } from '../models/clip-tokenizer.ts';
 import { Params, type WeightSet } from '../models/params.ts';

@@ -1,7 +1,7 @@
 // How faithful is the autoencoder? Renders → encode (mean) → decode → the shapes analyzer,
 // per attribute; an upper bound on what the diffusion model can reach through this VAE.
 import { Graph } from '../graph/index.ts';
-import type { VAEConfig } from '../io/checkpoint.ts';
+import type { VAEConfig } from '../models/vae.ts';
 import { Params, type WeightSet } from '../models/params.ts';
 import { vaeDecode, vaeEncode } from '../models/vae.ts';
 import { compile } from '../runtime/session.ts';

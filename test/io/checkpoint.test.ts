@@ -3,9 +3,10 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, cpSync, readFileSync, writeFileSync, unlinkSync, openSync, readSync, closeSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import {
-  loadCheckpoint, ldmTensorMap, CheckpointError, unetAttentionHeads, type StableDiffusionCheckpoint, type WeightSet,
-} from '../../src/io/checkpoint.ts';
+import { loadCheckpoint, ldmTensorMap, CheckpointError, type StableDiffusionCheckpoint } from '../../src/pipelines/checkpoint.ts';
+import { unetAttentionHeads } from '../../src/models/unet-config.ts';
+import type { FileWeights } from '../../src/io/weights.ts';
+import { defaultPredictionType, defaultSchedulerConfig } from '../../src/schedulers/config.ts';
 import {
   SafetensorsFile, SafetensorsError, writeSafetensors, f32ToF16, f16ToF32, f32ToBf16, bf16ToF32, type TensorToWrite,
 } from '../../src/io/safetensors.ts';
@@ -19,7 +20,7 @@ process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 
 const bytes = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 const json = (p: string) => JSON.parse(readFileSync(p, 'utf8'));
-const components = (c: StableDiffusionCheckpoint): [string, WeightSet][] => [['textEncoder', c.textEncoder], ['unet', c.unet], ['vae', c.vae]];
+const components = (c: StableDiffusionCheckpoint): [string, FileWeights][] => [['textEncoder', c.textEncoder], ['unet', c.unet], ['vae', c.vae]];
 const withoutVersion = (o: Record<string, unknown>) => { const { _diffusers_version: _, ...rest } = o; return rest; };
 
 /** Asserts both checkpoints hold the same tensors under the same names, bit for bit. */
@@ -214,15 +215,55 @@ test('SD2 single file (OpenCLIP naming, fused qkv, extra final layer) round-trip
   const v = single.textEncoder.fileLocation('text_model.encoder.layers.2.self_attn.v_proj.weight')!;
   assert.deepEqual(v, { path: p, offset: fused.offset + 2 * 64 * 64 * 4, length: 64 * 64 * 4 });
 
-  // Without a marker the weights cannot tell 768-v from base: epsilon, with a warning; or the caller says.
+  // Without a marker the weights cannot tell 768-v from base: 768-v as diffusers assumes
+  // (stabilityai/stable-diffusion-2-1), with a warning; or the caller says.
   const q = join(dir, 'sd2-single-nomark.safetensors');
   writeSd2SingleFile(q, undefined);
-  const base = loadCheckpoint(q);
+  const unmarked = loadCheckpoint(q);
+  assert.equal(unmarked.predictionType, 'v_prediction');
+  assert.deepEqual(unmarked.schedulerConfig, defaultSchedulerConfig('sd2'));
+  assert.equal(unmarked.schedulerConfig._class_name, 'DDIMScheduler');
+  assert.equal(unmarked.unetConfig.sample_size, 96);
+  assert.match(unmarked.warnings.join('\n'), /assuming v_prediction at 768 px/);
+  const base = loadCheckpoint(q, { predictionType: 'epsilon' });
   assert.equal(base.predictionType, 'epsilon');
   assert.equal(base.schedulerConfig.prediction_type, 'epsilon');
-  assert.equal(base.schedulerConfig._class_name, 'DDIMScheduler');
-  assert.match(base.warnings.join('\n'), /assuming epsilon/);
-  assert.equal(loadCheckpoint(q, { predictionType: 'v_prediction' }).predictionType, 'v_prediction');
+  assert.equal(base.unetConfig.sample_size, 64);
+  assert.deepEqual(base.warnings, []);
+
+  // A config folder describes the file instead: its scheduler decides, no warning.
+  const cfgDir = join(dir, 'sd2-base-config');
+  cpSync(SD2, cfgDir, { recursive: true, filter: (s) => !s.endsWith('.safetensors') });
+  const sched = join(cfgDir, 'scheduler', 'scheduler_config.json');
+  writeFileSync(sched, JSON.stringify({ ...json(sched), prediction_type: 'epsilon' }));
+  const described = loadCheckpoint(q, { config: cfgDir });
+  assert.equal(described.predictionType, 'epsilon');
+  assert.deepEqual(described.schedulerConfig, json(sched));
+  assert.deepEqual(described.unetConfig, folder.unetConfig, 'heads and sample size from unet/config.json');
+  assert.deepEqual(described.warnings, []);
+  assertSameWeights(described, folder);
+  // With only a UNet config, its resolution decides: SD 2.x below 768 px is a base model.
+  const unetOnly = join(dir, 'sd2-unet-config');
+  cpSync(join(cfgDir, 'unet'), join(unetOnly, 'unet'), { recursive: true });
+  assert.equal(loadCheckpoint(q, { config: unetOnly }).predictionType, folder.unetConfig.sample_size! >= 96 ? 'v_prediction' : 'epsilon');
+});
+
+test('one rule for defaults a model does not state: SD 1.x epsilon; SD 2.x v at 768 px, epsilon at 512', () => {
+  assert.equal(defaultPredictionType('sd1'), 'epsilon');
+  assert.equal(defaultPredictionType('sd1', 96), 'epsilon');
+  assert.equal(defaultPredictionType('sd2'), 'v_prediction');
+  assert.equal(defaultPredictionType('sd2', 96), 'v_prediction');
+  assert.equal(defaultPredictionType('sd2', 64), 'epsilon');
+  assert.equal(defaultSchedulerConfig('sd2').prediction_type, 'v_prediction');
+  assert.equal(defaultSchedulerConfig('sd2', 'epsilon').prediction_type, 'epsilon');
+  assert.equal(defaultSchedulerConfig('sd1').prediction_type, undefined);
+  // A diffusers folder without scheduler/ follows the same rule from its UNet's sample_size.
+  const d = join(dir, 'sd2-no-scheduler');
+  cpSync(SD2, d, { recursive: true });
+  rmSync(join(d, 'scheduler'), { recursive: true });
+  const c = loadCheckpoint(d);
+  assert.equal(c.predictionType, defaultPredictionType('sd2', c.unetConfig.sample_size));
+  assert.match(c.warnings.join('\n'), /no scheduler\/scheduler_config\.json, using the sd2 default/);
 });
 
 test('fp16 and bf16 weights are cast to float32 on read', () => {

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { Graph, evaluate } from '../../src/graph/index.ts';
 import { compile } from '../../src/runtime/session.ts';
-import { loadCheckpoint } from '../../src/io/checkpoint.ts';
+import { loadCheckpoint } from '../../src/pipelines/checkpoint.ts';
 import { Params } from '../../src/models/params.ts';
 import { unet2DCondition } from '../../src/models/unet.ts';
 import { randn } from '../graph/helpers.ts';

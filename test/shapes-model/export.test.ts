@@ -5,12 +5,14 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadCheckpoint } from '../../src/io/checkpoint.ts';
+import { loadCheckpoint } from '../../src/pipelines/checkpoint.ts';
 import { CLIPTokenizer } from '../../src/models/clip-tokenizer.ts';
 import { parseArch, TINY_ARCH, unetConfigJson } from '../../src/shapes-model/config.ts';
 import { exportDiffusers } from '../../src/shapes-model/export.ts';
 import { initText, initUnet, initVae } from '../../src/shapes-model/init.ts';
 import { samplerModelFromStores, sampleImages, loadSamplerModel } from '../../src/shapes-model/sample.ts';
+
+const FIX = new URL('../fixtures/', import.meta.url).pathname;
 
 test('export → loadCheckpoint round trip keeps configs and every weight', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'oneword-shapes-export-'));
@@ -31,6 +33,10 @@ test('export → loadCheckpoint round trip keeps configs and every weight', asyn
       for (const n of store.names()) assert.deepEqual(set.float32(n), store.get(n).data, n);
     }
     assert.deepEqual(JSON.parse(readFileSync(join(dir, 'unet', 'config.json'), 'utf8')), unetConfigJson(TINY_ARCH));
+    // The tokenizer folder is written from oneword's own assets, byte for byte what transformers saves.
+    for (const f of ['vocab.json', 'merges.txt', 'tokenizer_config.json', 'special_tokens_map.json']) {
+      assert.ok(readFileSync(join(dir, 'tokenizer', f)).equals(readFileSync(join(FIX, 'sd1-tiny', 'tokenizer', f))), f);
+    }
     const tok = CLIPTokenizer.fromDir(join(dir, 'tokenizer'));
     assert.equal(tok.vocabSize, 49408);
     assert.deepEqual(tok.call('a red star').inputIds.slice(0, 5), CLIPTokenizer.bundled().call('a red star').inputIds.slice(0, 5));

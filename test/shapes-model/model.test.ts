@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadCheckpoint } from '../../src/io/checkpoint.ts';
+import { loadCheckpoint } from '../../src/pipelines/checkpoint.ts';
 import { SHAPES_ARCH, unetConfigJson } from '../../src/shapes-model/config.ts';
 import { evaluateModel } from '../../src/shapes-model/evaluate.ts';
 import { loadSamplerModel } from '../../src/shapes-model/sample.ts';

@@ -1,0 +1,311 @@
+// A Stable Diffusion 1.x / 2.x checkpoint on disk → typed configs + lazy weights under
+// diffusers' names, as diffusers' from_pretrained / from_single_file assemble a pipeline.
+// Two layouts are understood:
+//  * diffusers folders (model_index.json, text_encoder/, unet/, vae/, scheduler/, tokenizer/)
+//  * single .safetensors files in the original CompVis/LDM naming (model.diffusion_model.*,
+//    first_stage_model.*, cond_stage_model.*), whose configuration is read off tensor names
+//    and shapes (models/ldm-configs.ts) and whose names map onto diffusers' (io/ldm-names.ts).
+// Each model's config parser and weight spec live with the model (models/); the files and
+// names live in io/. Nothing is read beyond headers and configs until a weight is asked for.
+import { existsSync, statSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import { SafetensorsFile } from '../io/safetensors.ts';
+import { CheckpointError, listSome, resolveComponent, type FileWeights, type WeightSpec } from '../io/weights.ts';
+import {
+  checkDiffusersFolder, loadFolderComponent, readJson, refusePickle, unknownFileProblem,
+} from '../io/checkpoint-files.ts';
+import {
+  IGNORED_LDM, LDM_CLIP_PREFIX, LDM_OPENCLIP_PREFIX, LDM_UNET_PREFIX, LDM_VAE_PREFIX, mapLdmNames,
+  type Component, type Family, type LdmTensor,
+} from '../io/ldm-names.ts';
+import { clipTextWeightSpec, parseCLIPTextConfig, type CLIPTextConfig } from '../models/clip-text.ts';
+import { parseUNetConfig, unetWeightSpec, type UNetConfig } from '../models/unet-config.ts';
+import { parseVAEConfig, vaeWeightSpec, type VAEConfig } from '../models/vae.ts';
+import {
+  clipTextConfigFromLdm, ldmClipPrefix, LdmFile, openClipTextConfigFromLdm, unetConfigFromLdm, vaeConfigFromLdm,
+} from '../models/ldm-configs.ts';
+import { defaultPredictionType, defaultSchedulerConfig, type PredictionType } from '../schedulers/config.ts';
+import { OnewordError } from '../errors.ts';
+
+export { CheckpointError, type Family };
+
+export interface StableDiffusionCheckpoint {
+  source: string;
+  layout: 'diffusers' | 'single-file';
+  family: Family;
+  textEncoderConfig: CLIPTextConfig;
+  unetConfig: UNetConfig;
+  vaeConfig: VAEConfig;
+  /** scheduler/scheduler_config.json as written, or the SD1/SD2 default for single files (see defaultSchedulerConfig). */
+  schedulerConfig: Record<string, unknown>;
+  predictionType: PredictionType;
+  /** The diffusers tokenizer/ folder when present; single files carry no tokenizer. */
+  tokenizerDir: string | null;
+  textEncoder: FileWeights;
+  unet: FileWeights;
+  vae: FileWeights;
+  /** Non-fatal oddities (ignored tensors, assumed prediction type, missing fp16 variant…). */
+  warnings: string[];
+}
+
+export interface LoadOptions {
+  /** Prefer `*.fp16.safetensors` in diffusers folders (cast to float32 on read). */
+  variant?: 'fp16';
+  /** Overrides the prediction type from the scheduler config or single-file detection. */
+  predictionType?: PredictionType;
+  /**
+   * For single files: a diffusers folder whose `text_encoder/`, `unet/`, `vae/` config.json
+   * describe the file's components (as diffusers' `from_single_file(config=...)`), for files
+   * that differ from the released SD 1.x / 2.x models in what weights do not record (attention
+   * heads, training resolution). Its `scheduler/scheduler_config.json` and `tokenizer/` are
+   * used when present; components without a config.json are read off the file as usual.
+   */
+  config?: string;
+}
+
+/**
+ * Loads a diffusers folder (or its model_index.json) or a single-file LDM `.safetensors`.
+ * Throws CheckpointError (or SafetensorsError for a corrupt file) naming the file and problem.
+ */
+export function loadCheckpoint(path: string, opts: LoadOptions = {}): StableDiffusionCheckpoint {
+  const abs = resolve(path);
+  let st;
+  try { st = statSync(abs); } catch { throw new CheckpointError(abs, 'no such file or folder'); }
+  if (st.isDirectory()) return loadDiffusers(abs, opts);
+  if (basename(abs) === 'model_index.json') return loadDiffusers(dirname(abs), opts);
+  return loadSingleFile(abs, opts);
+}
+
+const SUPPORTED_PREDICTION = ['epsilon', 'v_prediction'];
+
+function crossCheck(where: string, t: CLIPTextConfig, u: UNetConfig, v: VAEConfig): void {
+  if (u.cross_attention_dim !== t.hidden_size) {
+    throw new CheckpointError(where, `text encoder width ${t.hidden_size} does not match the UNet's cross_attention_dim ${u.cross_attention_dim} (components from different models?)`);
+  }
+  if (u.in_channels !== v.latent_channels || u.out_channels !== v.latent_channels) {
+    const kind = u.in_channels === 9 ? ' (an inpainting model)' : u.in_channels === 5 ? ' (a depth-conditioned model)' : '';
+    throw new CheckpointError(where, `UNet takes ${u.in_channels} and returns ${u.out_channels} channels but the VAE has ${v.latent_channels} latent channels${kind}; oneword supports text-to-image UNets only`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// diffusers folders
+
+interface ComponentConfigs { text: CLIPTextConfig; unet: UNetConfig; vae: VAEConfig }
+
+function readFolderConfigs(dir: string): ComponentConfigs {
+  const textPath = join(dir, 'text_encoder', 'config.json');
+  const unetPath = join(dir, 'unet', 'config.json');
+  const vaePath = join(dir, 'vae', 'config.json');
+  return {
+    text: parseCLIPTextConfig(readJson(textPath), textPath),
+    unet: parseUNetConfig(readJson(unetPath), unetPath),
+    vae: parseVAEConfig(readJson(vaePath), vaePath),
+  };
+}
+
+/** The folder's scheduler config and prediction type (the caller's override wins). */
+function folderScheduler(dir: string, family: Family, unet: UNetConfig, opts: LoadOptions, warnings: string[]): { schedulerConfig: Record<string, unknown>; predictionType: PredictionType } {
+  const schedPath = join(dir, 'scheduler', 'scheduler_config.json');
+  let schedulerConfig: Record<string, unknown>;
+  if (existsSync(schedPath)) schedulerConfig = readJson(schedPath);
+  else {
+    schedulerConfig = defaultSchedulerConfig(family, defaultPredictionType(family, unet.sample_size));
+    warnings.push(`${dir}: no scheduler/scheduler_config.json, using the ${family} default (${schedulerConfig.prediction_type ?? 'epsilon'})`);
+  }
+  const stored = schedulerConfig.prediction_type;
+  if (stored !== undefined && !SUPPORTED_PREDICTION.includes(stored as string)) {
+    throw new CheckpointError(schedPath, `prediction_type ${JSON.stringify(stored)} is not supported (epsilon or v_prediction)`);
+  }
+  const predictionType: PredictionType = opts.predictionType ?? (stored as PredictionType | undefined) ?? 'epsilon';
+  if (opts.predictionType) schedulerConfig = { ...schedulerConfig, prediction_type: opts.predictionType };
+  return { schedulerConfig, predictionType };
+}
+
+function tokenizerIn(dir: string): string | null {
+  const tok = join(dir, 'tokenizer');
+  return existsSync(tok) && statSync(tok).isDirectory() ? tok : null;
+}
+
+function loadDiffusers(dir: string, opts: LoadOptions): StableDiffusionCheckpoint {
+  if (opts.config) {
+    throw OnewordError.badOption('config', `applies to single-file checkpoints only; ${dir} is a diffusers folder with its own config.json files`);
+  }
+  const warnings: string[] = [];
+  checkDiffusersFolder(dir);
+  const cfg = readFolderConfigs(dir);
+  crossCheck(dir, cfg.text, cfg.unet, cfg.vae);
+  // OpenAI CLIP (SD 1.x) uses quick_gelu; OpenCLIP ViT-H (SD 2.x) uses gelu.
+  const family: Family = cfg.text.hidden_act === 'gelu' ? 'sd2' : 'sd1';
+  const textEncoder = loadFolderComponent(dir, 'text_encoder', 'text encoder', clipTextWeightSpec(cfg.text), opts.variant, warnings);
+  const unet = loadFolderComponent(dir, 'unet', 'UNet', unetWeightSpec(cfg.unet), opts.variant, warnings);
+  const vae = loadFolderComponent(dir, 'vae', 'VAE', vaeWeightSpec(cfg.vae), opts.variant, warnings);
+  const { schedulerConfig, predictionType } = folderScheduler(dir, family, cfg.unet, opts, warnings);
+  return {
+    source: dir, layout: 'diffusers', family, textEncoderConfig: cfg.text, unetConfig: cfg.unet, vaeConfig: cfg.vae,
+    schedulerConfig, predictionType, tokenizerDir: tokenizerIn(dir),
+    textEncoder, unet, vae, warnings,
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// Single files
+
+/**
+ * Prediction type of a single file, when it says: Stability's model-spec metadata
+ * (`modelspec.prediction_type`), or a `v_pred` marker tensor (ComfyUI/A1111 convention).
+ * Otherwise null, and the loader takes the family default (defaultPredictionType: SD 2.x
+ * files are taken as 768-v); 512-px SD 2.x-base files need LoadOptions.predictionType =
+ * 'epsilon' or a config folder — the weights alone cannot tell.
+ */
+export function detectPredictionType(f: SafetensorsFile): PredictionType | null {
+  const m = f.metadata['modelspec.prediction_type'];
+  if (m) {
+    if (/^v/i.test(m)) return 'v_prediction';
+    if (/^eps/i.test(m)) return 'epsilon';
+  }
+  if (f.has('v_pred')) return 'v_prediction';
+  return null;
+}
+
+/** Opens a single file and tells its generation from its text encoder's naming. */
+function openSingleFile(path: string): { f: LdmFile; family: Family } {
+  refusePickle(path);
+  const f = new LdmFile(SafetensorsFile.open(path)); // specific SafetensorsError for truncated/corrupt files
+  if (!f.has(`${LDM_UNET_PREFIX}input_blocks.0.0.weight`)) throw new CheckpointError(path, unknownFileProblem(f.file, f.keys));
+  let family: Family;
+  if (f.keys.some((k) => k.startsWith(LDM_OPENCLIP_PREFIX))) family = 'sd2';
+  else if (f.keys.some((k) => k.startsWith(LDM_CLIP_PREFIX))) family = 'sd1';
+  else throw new CheckpointError(path, 'no text encoder in this checkpoint (no cond_stage_model.transformer.* or cond_stage_model.model.* tensors)');
+  if (!f.keys.some((k) => k.startsWith(LDM_VAE_PREFIX))) throw new CheckpointError(path, 'no VAE in this checkpoint (no first_stage_model.* tensors)');
+  return { f, family };
+}
+
+/** What a `config` folder says about a single file's components (each part only when present). */
+interface GivenConfigs {
+  text?: CLIPTextConfig;
+  unet?: UNetConfig;
+  vae?: VAEConfig;
+  scheduler?: Record<string, unknown>;
+  tokenizerDir: string | null;
+}
+
+function readGivenConfigs(dir: string): GivenConfigs {
+  const abs = resolve(dir);
+  if (!existsSync(abs) || !statSync(abs).isDirectory()) {
+    throw OnewordError.badOption('config', `must be a diffusers model folder (text_encoder/, unet/, vae/ with config.json); ${abs} is not a folder`);
+  }
+  const json = (sub: string, file = 'config.json') => {
+    const p = join(abs, sub, file);
+    return existsSync(p) ? { json: readJson(p), path: p } : null;
+  };
+  const text = json('text_encoder');
+  const unet = json('unet');
+  const vae = json('vae');
+  const scheduler = json('scheduler', 'scheduler_config.json');
+  if (!text && !unet && !vae) {
+    throw OnewordError.badOption('config', `must be a diffusers model folder; ${abs} has none of text_encoder/config.json, unet/config.json, vae/config.json`);
+  }
+  const stored = scheduler?.json.prediction_type;
+  if (stored !== undefined && !SUPPORTED_PREDICTION.includes(stored as string)) {
+    throw new CheckpointError(scheduler!.path, `prediction_type ${JSON.stringify(stored)} is not supported (epsilon or v_prediction)`);
+  }
+  return {
+    text: text ? parseCLIPTextConfig(text.json, text.path) : undefined,
+    unet: unet ? parseUNetConfig(unet.json, unet.path) : undefined,
+    vae: vae ? parseVAEConfig(vae.json, vae.path) : undefined,
+    scheduler: scheduler?.json,
+    tokenizerDir: tokenizerIn(abs),
+  };
+}
+
+/**
+ * The caller's prediction type, else the config folder's scheduler, else the file's marker,
+ * else the family default for the config folder's resolution (or for none).
+ */
+function singleFilePrediction(f: LdmFile, family: Family, opts: LoadOptions, given: GivenConfigs | null, warnings: string[]): PredictionType {
+  const fromConfig = given?.scheduler ? (given.scheduler.prediction_type ?? 'epsilon') as PredictionType : undefined;
+  const detected = opts.predictionType ?? fromConfig ?? detectPredictionType(f.file);
+  if (detected) return detected;
+  const assumed = defaultPredictionType(family, given?.unet?.sample_size);
+  if (family === 'sd2' && !given?.unet) {
+    warnings.push(`${f.path}: SD 2.x checkpoint without a prediction-type marker; assuming v_prediction at 768 px (2.x-768-v, as diffusers does). For 512-px base models pass predictionType "epsilon" (or a config folder).`);
+  }
+  return assumed;
+}
+
+/**
+ * The three configs: those the config folder gives, the rest as the file's tensors tell
+ * them (heads and resolution per the released models).
+ */
+function singleFileConfigs(f: LdmFile, family: Family, predictionType: PredictionType, given: GivenConfigs | null): ComponentConfigs {
+  const text = given?.text ?? (family === 'sd1' ? clipTextConfigFromLdm(f, ldmClipPrefix(f)) : openClipTextConfigFromLdm(f));
+  // Not recorded in the weights: SD 1.x and 2.x-base are trained at 512 px, 768-v at 768.
+  const unet = given?.unet ?? unetConfigFromLdm(f, family, family === 'sd2' && predictionType === 'v_prediction' ? 96 : 64);
+  const vae = given?.vae ?? vaeConfigFromLdm(f, (unet.sample_size ?? 64) * 2 ** (vaeLevelsOf(f) - 1));
+  return { text, unet, vae };
+}
+
+/** The config folder's scheduler config (the caller's prediction type written in), else the family default. */
+function singleFileScheduler(family: Family, predictionType: PredictionType, given: GivenConfigs | null): Record<string, unknown> {
+  if (!given?.scheduler) return defaultSchedulerConfig(family, predictionType);
+  const stored = given.scheduler.prediction_type ?? 'epsilon';
+  return stored === predictionType ? given.scheduler : { ...given.scheduler, prediction_type: predictionType };
+}
+
+function vaeLevelsOf(f: LdmFile): number {
+  return f.indices(/^first_stage_model\.encoder\.down\.(\d+)\./).length;
+}
+
+/** Every diffusers tensor of the three components with the single-file key it comes from. */
+export function ldmTensorMap(
+  layout: { family: Family; clipPrefix?: string }, text: CLIPTextConfig, unet: UNetConfig, vae: VAEConfig,
+): LdmTensor[] {
+  const specs = { textEncoder: clipTextWeightSpec(text), unet: unetWeightSpec(unet), vae: vaeWeightSpec(vae) };
+  return mapLdmNames({
+    family: layout.family, clipPrefix: layout.clipPrefix, textLayers: text.num_hidden_layers,
+    unetLevels: unet.block_out_channels.length, unetLayersPerBlock: unet.layers_per_block,
+    unetUpAttention: unet.up_block_types.map((t) => t === 'CrossAttnUpBlock2D'),
+    vaeLevels: vae.block_out_channels.length, vaeLayersPerBlock: vae.layers_per_block,
+  }, specs);
+}
+
+/** Maps each component's weights onto the file's tensors; tensors left over become a warning. */
+function singleFileWeights(f: LdmFile, family: Family, cfg: ComponentConfigs, warnings: string[]): Record<Component, FileWeights> {
+  const clipPrefix = family === 'sd1' ? ldmClipPrefix(f) : undefined;
+  const map = ldmTensorMap({ family, clipPrefix }, cfg.text, cfg.unet, cfg.vae);
+  const byComp = new Map<Component, Map<string, LdmTensor>>([['textEncoder', new Map()], ['unet', new Map()], ['vae', new Map()]]);
+  for (const e of map) byComp.get(e.component)!.set(e.name, e);
+  const used = new Set<string>();
+  const resolveLdm = (component: Component, label: string) => {
+    const entries = byComp.get(component)!;
+    const shapes: WeightSpec = new Map([...entries].map(([n, e]) => [n, e.shape]));
+    return resolveComponent(f.path, label, shapes, (name) => {
+      const e = entries.get(name)!;
+      if (!f.has(e.ldmName)) return { missing: `"${e.ldmName}" (→ ${name})` };
+      used.add(e.ldmName);
+      return { src: { file: f.file, tensor: e.ldmName, transform: e.transform }, srcLabel: `"${e.ldmName}" (→ ${name})` };
+    });
+  };
+  const weights = { textEncoder: resolveLdm('textEncoder', 'text encoder'), unet: resolveLdm('unet', 'UNet'), vae: resolveLdm('vae', 'VAE') };
+
+  const dropped = family === 'sd2' ? `${LDM_OPENCLIP_PREFIX}transformer.resblocks.${cfg.text.num_hidden_layers}.` : null;
+  const extra = f.keys.filter((k) => !used.has(k) && !IGNORED_LDM.some((re) => re.test(k)) && !(dropped && k.startsWith(dropped)));
+  if (extra.length) warnings.push(`${f.path}: ignored ${extra.length} tensors that oneword does not use: ${listSome(extra, 5)}`);
+  return weights;
+}
+
+function loadSingleFile(path: string, opts: LoadOptions): StableDiffusionCheckpoint {
+  const { f, family } = openSingleFile(path);
+  const given = opts.config ? readGivenConfigs(opts.config) : null;
+  const warnings: string[] = [];
+  const predictionType = singleFilePrediction(f, family, opts, given, warnings);
+  const cfg = singleFileConfigs(f, family, predictionType, given);
+  crossCheck(path, cfg.text, cfg.unet, cfg.vae);
+  const { textEncoder, unet, vae } = singleFileWeights(f, family, cfg, warnings);
+  return {
+    source: path, layout: 'single-file', family, textEncoderConfig: cfg.text, unetConfig: cfg.unet, vaeConfig: cfg.vae,
+    schedulerConfig: singleFileScheduler(family, predictionType, given), predictionType, tokenizerDir: given?.tokenizerDir ?? null,
+    textEncoder, unet, vae, warnings,
+  };
+}
