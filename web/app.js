@@ -231,10 +231,11 @@ async function refreshJobs() {
   const { jobs, queue } = await api('/api/jobs');
   app.jobs = jobs;
   const byId = new Map(jobs.map((j) => [j.id, j]));
-  $('#queue').replaceChildren(...(queue.length ? queue.map((id) => {
+  $('#queue').replaceChildren(...queue.map((id) => {
     const j = byId.get(id);
     return h('li', {}, h('a', { onclick: () => openJob(id) }, j.token), ` ${j.state}, step ${j.step}/${j.steps}`);
-  }) : [h('li', { class: 'muted' }, 'empty')]));
+  }));
+  $('#queue-empty').hidden = queue.length > 0;
   const running = jobs.find((j) => j.state === 'running');
   const waiting = jobs.filter((j) => j.state === 'queued').length;
   $('#queue-status').textContent = running ? `training ${running.token}: ${running.step}/${running.steps}${waiting ? ` · ${waiting} queued` : ''}` : waiting ? `${waiting} queued` : 'idle';

@@ -21,10 +21,11 @@ export function smooth(values, weight = values.length < 200 ? 0.8 : 0.97) {
   return out;
 }
 
-function fmt(v) {
-  if (v === 0) return '0';
+/** A tick label with as many decimals as the axis span needs to tell its ticks apart. */
+function fmt(v, span) {
   const a = Math.abs(v);
-  return a >= 100 || a < 0.01 ? v.toExponential(1) : v.toPrecision(2);
+  if (a !== 0 && (a >= 1e4 || a < 1e-3)) return v.toExponential(2);
+  return v.toFixed(Math.max(0, Math.min(6, Math.ceil(-Math.log10(span)) + 1)));
 }
 
 /**
@@ -51,7 +52,7 @@ export function drawLossChart(svg, steps, losses, { axes = true, totalSteps } = 
   if (axes) {
     svg.append(el('line', { class: 'axis', x1: pad.l, y1: H - pad.b, x2: W - pad.r, y2: H - pad.b }));
     svg.append(el('line', { class: 'axis', x1: pad.l, y1: pad.t, x2: pad.l, y2: H - pad.b }));
-    for (const v of [lo, lo + span / 2, hi]) svg.append(el('text', { x: pad.l - 4, y: y(v) + 4, 'text-anchor': 'end' }, fmt(v)));
+    for (const v of [lo, lo + span / 2, hi]) svg.append(el('text', { x: pad.l - 4, y: y(v) + 4, 'text-anchor': 'end' }, fmt(v, span)));
     for (const s of [x0, Math.round((x0 + x1) / 2), x1]) svg.append(el('text', { x: x(s), y: H - 6, 'text-anchor': 'middle' }, String(s)));
     svg.append(el('text', { x: W - pad.r, y: pad.t + 10, 'text-anchor': 'end' }, 'loss'));
   }
