@@ -247,18 +247,20 @@ function renderWords() {
   const model = modelOf($('#gen-model').value);
   const box = $('#gen-words');
   const checked = new Set([...box.querySelectorAll('input:checked')].map((i) => i.value));
-  if (app.pick) { checked.add(app.pick); }
   const entries = [];
   for (const j of app.jobs) {
     if (!j.checkpoints.length || modelOf(j.model)?.hidden_size !== model?.hidden_size) continue;
     entries.push({ value: j.id, label: `${j.token} (${j.id}, step ${j.checkpoints.at(-1).step})` });
   }
-  if (app.pick && !entries.some((e) => e.value === app.pick)) {
+  if (app.pick) {
+    // A step picked in the saved-steps table: the job's own entry when it is the latest one.
     const [id, step] = app.pick.split('@');
     const j = app.jobs.find((x) => x.id === id);
-    if (j) entries.unshift({ value: app.pick, label: `${j.token} (${id}, step ${step})` });
+    const latest = j?.checkpoints.at(-1)?.step === Number(step);
+    if (j && !latest && !entries.some((e) => e.value === app.pick)) entries.unshift({ value: app.pick, label: `${j.token} (${id}, step ${step})` });
+    checked.add(latest ? id : app.pick);
+    app.pick = null;
   }
-  app.pick = null;
   box.replaceChildren(...(entries.length ? entries.map((e) => h('label', {}, h('input', { type: 'checkbox', value: e.value, checked: checked.has(e.value) }), e.label)) : [h('span', { class: 'muted' }, 'No learned words for this model yet.')]));
 }
 
@@ -335,7 +337,7 @@ async function renderGallery() {
 
 function fillModels() {
   for (const sel of [$('#train-model'), $('#gen-model')]) {
-    sel.replaceChildren(...app.models.map((m) => h('option', { value: m.id }, `${m.name} (${m.family}, ${m.resolution}px)`)));
+    sel.replaceChildren(...app.models.map((m) => h('option', { value: m.id }, `${m.name}${m.id === 'shapes' ? ' (bundled)' : ''} — ${m.family}, ${m.resolution}px`)));
   }
   $('#gen-sampler').replaceChildren(...app.samplers.map((s) => h('option', { value: s }, s)));
   const onTrainModel = () => { $('[name="resolution"]').value = modelOf($('#train-model').value)?.resolution ?? ''; };

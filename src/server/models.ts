@@ -70,7 +70,7 @@ export class ModelRegistry {
   /** Re-reads --models (a model copied in while the server runs appears without a restart). */
   scan(): ModelInfo[] {
     const found = new Map<string, ModelInfo>();
-    found.set('shapes', this.models.get('shapes') ?? describe('shapes', 'shapes (bundled)', DEFAULT_MODEL));
+    found.set('shapes', this.models.get('shapes') ?? describe('shapes', 'shapes', DEFAULT_MODEL));
     if (this.modelsDir) {
       for (const p of candidates(this.modelsDir, 1)) {
         const id = relative(this.modelsDir, p).split(sep).join('/');
