@@ -98,6 +98,31 @@ test('serve: a job trains with events, lists every saved step, downloads both fo
   assert.ok(readdirSync(join(dir, 'data', 'outputs')).some((f) => /^\d{5}-7\.png$/.test(f)), 'images are kept in <data>/outputs');
 });
 
+test('serve: one job at a time; the next waits in the queue, a queued job can be stopped, a finished one deleted', async () => {
+  // Long enough to still be running while the others are posted (it is stopped below).
+  const first = (await postJob(server.url, { ...TINY, token: '<q-one>', steps: 5000, 'save-every': 0 }, images)).body.id!;
+  const second = (await postJob(server.url, { ...TINY, token: '<q-two>', steps: 2, 'save-every': 0 }, images)).body.id!;
+  const third = (await postJob(server.url, { ...TINY, token: '<q-three>', steps: 2, 'save-every': 0 }, images)).body.id!;
+  const listed = (await getJson<{ queue: string[]; jobs: Array<Record<string, any>> }>(server.url, '/api/jobs')).body;
+  assert.deepEqual(listed.queue, [first, second, third]);
+  const byId = new Map(listed.jobs.map((j) => [j.id, j]));
+  assert.equal(byId.get(first)!.state, 'running');
+  assert.equal(byId.get(second)!.state, 'queued');
+  assert.equal(byId.get(third)!.queue_position, 2);
+  assert.equal((await getJson(server.url, `/api/jobs/${first}`, { method: 'DELETE' })).status, 409, 'a running job is not deleted');
+  assert.equal((await getJson<Record<string, any>>(server.url, `/api/jobs/${third}/stop`, { method: 'POST' })).body.state, 'stopped');
+  await getJson(server.url, `/api/jobs/${first}/stop`, { method: 'POST' });
+  await readEvents(server.url, second, untilState('done', 'failed'));
+  const jobs = (await getJson<{ queue: string[]; jobs: Array<Record<string, any>> }>(server.url, '/api/jobs')).body;
+  assert.deepEqual(jobs.jobs.filter((j) => [first, second, third].includes(j.id)).map((j) => j.state), ['stopped', 'done', 'stopped']);
+  assert.ok(jobs.jobs.find((j) => j.id === first)!.finished_at <= jobs.jobs.find((j) => j.id === second)!.started_at, 'the second started after the first ended');
+  assert.deepEqual(jobs.queue, []);
+
+  assert.equal((await getJson(server.url, `/api/jobs/${third}`, { method: 'DELETE' })).status, 200);
+  assert.equal((await getJson(server.url, `/api/jobs/${third}`)).status, 404);
+  assert.ok(!readdirSync(join(dir, 'data', 'jobs')).includes(third), 'its folder is gone');
+});
+
 test('serve: bad requests get a 4xx with one line and change nothing', async () => {
   const jobsBefore = readdirSync(join(dir, 'data', 'jobs')).sort();
   const notImage = join(dir, 'not-an-image.png');

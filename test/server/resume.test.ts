@@ -65,6 +65,28 @@ test('serve: stop saves a checkpoint at the current step; resume finishes bit fo
   }
 });
 
+test('serve: a training process that dies (out of memory) fails the job, not the server; resume continues from its checkpoint', async () => {
+  const data = join(dir, 'oom');
+  const server = await startServer({ port: 0, data, models: FIXTURES, threads: 1 });
+  try {
+    const id = (await postJob(server.url, FIELDS, images)).body.id!;
+    await readEvents(server.url, id, (e) => e.event === 'step' && (e.data.step as number) >= SAVE_EVERY + 10);
+    process.kill(Number(readFileSync(join(data, 'engine.pid'), 'utf8')), 'SIGKILL');
+    await readEvents(server.url, id, untilState('failed'));
+    const failed = (await getJson(server.url, `/api/jobs/${id}`)).body as Record<string, any>;
+    assert.equal(failed.step % SAVE_EVERY, 0);
+    assert.ok(failed.step >= SAVE_EVERY);
+    assert.equal(failed.error, `the training process was killed by SIGKILL (out of memory?); resume continues from step ${failed.step}`);
+    assert.equal((await getJson(server.url, '/api/models')).status, 200, 'the server still answers');
+    assert.equal((await getJson(server.url, `/api/jobs/${id}/resume`, { method: 'POST' })).status, 200);
+    await readEvents(server.url, id, untilState('done', 'failed'));
+    assert.equal(((await getJson(server.url, `/api/jobs/${id}`)).body as Record<string, any>).state, 'done');
+    assert.deepEqual(await finalVectors(server.url, id), await reference);
+  } finally {
+    await server.close();
+  }
+});
+
 function startCli(data: string): Promise<{ child: ChildProcess; url: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [BIN, 'serve', '--port', '0', '--data', data, '--models', FIXTURES, '--threads', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
