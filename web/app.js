@@ -170,7 +170,10 @@ async function openJob(id) {
   es.addEventListener('preview', (m) => {
     const d = JSON.parse(m.data);
     if (!app.job.previews.some((p) => p.step === d.step)) app.job.previews.push(d);
-    renderPreviews();
+    // A step is saved before its preview is drawn: give its row the picture now.
+    const saved = app.job.checkpoints.find((c) => c.step === d.step);
+    if (saved) saved.preview = d.url;
+    renderJob();
   });
   es.addEventListener('checkpoint', (m) => {
     app.job = JSON.parse(m.data).view;

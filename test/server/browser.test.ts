@@ -68,6 +68,8 @@ test('serve page: train on the shapes model with stop and resume, download the w
 
   await page.waitForSelector('#loss-chart path.smooth', WAIT);
   await page.waitForSelector('#previews img', WAIT);
+  // The saved step 5 shows its preview as soon as it exists (it is drawn after the step is saved).
+  assert.equal(await page.locator('#saved tbody tr', { hasText: /^5/ }).locator('img').count(), 1);
   await page.screenshot({ path: join(ARTIFACTS, '2-train-running.png'), fullPage: true });
   await page.click('#stop');
   await state(page).filter({ hasText: /^(stopped|done)$/ }).waitFor(WAIT);
