@@ -4,7 +4,7 @@
 import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 
-const ALL = ['errors.ts', 'index.ts', 'graph', 'optim', 'runtime', 'io', 'models', 'schedulers', 'shapes', 'pipelines', 'shapes-model', 'cli'];
+const ALL = ['errors.ts', 'index.ts', 'graph', 'optim', 'runtime', 'io', 'models', 'schedulers', 'shapes', 'pipelines', 'shapes-model', 'cli', 'server'];
 /** What each layer (a folder of src/, or a file at its root) may import besides itself and node:/npm packages. */
 const allowed = {
   'errors.ts': [],
@@ -20,9 +20,11 @@ const allowed = {
   'index.ts': ['errors.ts', 'io', 'schedulers', 'pipelines'],
   // The CLI uses the public API and the pipelines, never graphs, sessions or model internals.
   cli: ['errors.ts', 'io', 'schedulers', 'shapes', 'pipelines'],
+  // `oneword serve`: a front end beside the CLI (it shares the CLI's flag parser and helpers).
+  server: ['errors.ts', 'index.ts', 'io', 'schedulers', 'pipelines', 'cli'],
 };
 /** npm packages only some layers may use. */
-const packages = { 'onnxruntime-node': ['runtime'] };
+const packages = { 'onnxruntime-node': ['runtime'], hono: ['server'], '@hono/node-server': ['server'] };
 
 /**
  * Functions allowed past 100 lines, with the reason. Elsewhere a comment line starting

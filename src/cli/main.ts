@@ -11,6 +11,7 @@ Commands:
   generate   text-to-image, with learned embeddings (--embedding)
   verify     check oneword's outputs against a diffusers reference file
   shapes     render and analyze images of the bundled "shapes" world
+  serve      a local page (and HTTP API) to train, generate and keep words
   help       show this help
 
 Run "oneword <command> --help" for a command's options.
@@ -33,6 +34,7 @@ const commands: Record<string, () => Promise<CommandModule>> = {
   train: async () => ({ run: (await import('./train.ts')).trainCommand }),
   demo: async () => ({ run: (await import('./demo.ts')).demoCommand }),
   shapes: async () => ({ run: (await import('./shapes.ts')).shapesCommand }),
+  serve: async () => ({ run: (await import('../server/serve-command.ts')).serveCommand }),
 };
 
 /** A library error as the command line says it: the option at fault named by its flag. */
