@@ -55,6 +55,8 @@ function fileResponse(c: Context, path: string, type: string, downloadName?: str
   return c.body(Readable.toWeb(createReadStream(path)) as ReadableStream, 200, headers);
 }
 
+// long function: the route table, one registration per endpoint, read top to bottom like the
+// API section of the README; splitting it would scatter the API over several functions.
 export function createApp(o: AppOptions): Hono {
   const app = new Hono();
   const { jobs, models, generations } = o;
