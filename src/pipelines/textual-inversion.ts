@@ -241,7 +241,8 @@ export class TextualInversionTrainer {
   record = new StoppingRecord();
   private evalBatch?: EvalBatch;
   private evalStep?: TrainStep;
-  private lastEval?: { step: number; loss: number };
+  /** The last deterministic loss and the vectors it was computed for (a saved step often is an evaluation step too). */
+  private lastEval?: { vectors: Float32Array; loss: number };
 
   private constructor(
     readonly sd: StableDiffusion,
@@ -432,7 +433,8 @@ export class TextualInversionTrainer {
    */
   async evalLoss(): Promise<number> {
     const s = this.state;
-    if (this.lastEval?.step === s.step) return this.lastEval.loss;
+    const cached = this.lastEval;
+    if (cached && cached.vectors.every((v, i) => Object.is(v, s.vectors[i]))) return cached.loss;
     const r = this.opts.resolution / this.sd.vaeFactor;
     this.evalBatch ??= EvalBatch.draw({
       images: this.cache,
@@ -449,7 +451,7 @@ export class TextualInversionTrainer {
     const n = rows.length / this.sd.hiddenSize;
     if (this.evalStep?.shape.rows !== n) this.evalStep = await TrainStep.create(this.sd, { batch: this.opts.batch, rows: n, latent: [this.sd.latentChannels, r, r] }, false, false);
     const loss = await this.evalBatch.loss(this.evalStep, rows);
-    this.lastEval = { step: s.step, loss };
+    this.lastEval = { vectors: Float32Array.from(s.vectors), loss };
     return loss;
   }
 
@@ -537,7 +539,6 @@ export class TextualInversionTrainer {
     this.order = JSON.parse(f.metadata.order ?? '[]') as number[];
     if (f.has('init.vectors')) this.initVectors = Float32Array.from(f.readFloat32('init.vectors'));
     this.record = StoppingRecord.fromState(f.metadata.stopping, f.has('best.vectors') ? f.readFloat32('best.vectors') : null);
-    this.lastEval = undefined;
     this.sd.addLearnedToken(this.opts.token, this.state.vectors, this.opts.vectors);
   }
 
@@ -650,17 +651,20 @@ export async function train(trainer: TextualInversionTrainer, hooks: TrainHooks 
       return { stopped: true, last, earlyStop: null, recommended: null };
     }
     last = await trainer.trainStep(t0);
-    if (evalEvery > 0 && trainer.state.step % evalEvery === 0) {
+    const step = trainer.state.step;
+    if (evalEvery > 0 && step % evalEvery === 0) {
       last.eval_loss = await trainer.evalLoss();
-      const ratio = record.observe(trainer.state.step, last.eval_loss, o);
+      const ratio = record.observe(step, last.eval_loss, o);
       if (ratio !== null) last.var_ratio = ratio;
     }
+    const ending = step >= o.steps || (o.stop === 'auto' && record.stoppedAt !== null);
+    const saving = out !== undefined && ((o.saveEvery > 0 && step % o.saveEvery === 0) || ending);
+    // Every saved step's deterministic loss is in the log too.
+    if ((saving || (ending && evalEvery > 0)) && last.eval_loss === undefined) last.eval_loss = await trainer.evalLoss();
     running = Number.isNaN(running) ? last.loss : 0.98 * running + 0.02 * last.loss;
     if (logPath) appendFileSync(logPath, `${JSON.stringify(last)}\n`);
     hooks.onStep?.(last, running);
-    const step = trainer.state.step;
-    const ending = step >= o.steps || (o.stop === 'auto' && record.stoppedAt !== null);
-    if (o.saveEvery > 0 && step % o.saveEvery === 0 && !ending) await checkpoint();
+    if (saving && !ending) await checkpoint();
     if (hooks.preview && hooks.preview.every > 0 && step % hooks.preview.every === 0 && !ending) await hooks.preview.run(trainer);
   }
   // The end is a saved step too (without a folder, only when losses are being computed anyway).
