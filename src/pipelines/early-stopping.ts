@@ -27,9 +27,10 @@ export interface StoppingOptions {
 
 /**
  * The paper's settings for textual inversion (window 310, eps 0.15). The deterministic
- * loss costs a forward pass (about a third of a train step), so `stop auto` computes it
- * every EVAL_EVERY_AUTO steps: the ratio of variances barely changes when the sequence is
- * thinned, and the overhead drops from a third to a fifteenth.
+ * loss costs a forward pass over a step's worth of samples: 0.42 of a train step's CPU
+ * time on the shapes model (batch 4, one thread). Every step would add 42 %; every
+ * EVAL_EVERY_AUTO = 5 steps adds 8 %, and the ratio of variances barely changes when the
+ * sequence is thinned (the window stays 310 steps, read as 62 evaluations).
  */
 export const STOPPING_DEFAULTS: StoppingOptions = { stop: 'fixed', stopWindow: 310, stopEps: 0.15, evalEvery: null, keep: 'last' };
 export const EVAL_EVERY_AUTO = 5;
