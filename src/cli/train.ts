@@ -37,7 +37,7 @@ Options (defaults as diffusers' textual_inversion.py unless noted):
                         Var(all) < eps (DVAR, Voronov et al. 2023)
   --stop-window N       DVAR's window in steps (default 310)
   --stop-eps X          DVAR's threshold (default 0.15)
-  --eval-every N        compute the deterministic loss every N steps, about a third of a step
+  --eval-every N        compute the deterministic loss every N steps, about 0.4 of a step
                         each (default 5 with --stop auto; otherwise 0 = only at saved steps)
   --keep WHICH          last | best | all: which embeddings remain in --out at the end
                         (default last). last: learned_embeds.safetensors and <name>.safetensors

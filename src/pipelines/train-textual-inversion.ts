@@ -66,7 +66,7 @@ export interface TextualInversionOptions {
   /** DVAR's threshold. Default 0.15. */
   stopEps?: number;
   /**
-   * Compute the deterministic loss every N steps (each costs about a third of a step);
+   * Compute the deterministic loss every N steps (each costs about 0.4 of a step);
    * 0 = only at saved steps. Default 5 with stop "auto", else 0.
    */
   evalEvery?: number | null;
