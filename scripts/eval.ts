@@ -3,6 +3,8 @@
 //   concepts  the demo's method on concepts outside the bundle (default options), with the
 //             issue's thresholds: reconstruction ≥ 0.8 and ≥ 0.3 above the best description,
 //             editability ≥ 0.7
+//   stopping  steps, seconds and scores of fixed-step training, --stop auto, and encoder
+//             init + --stop auto on 8 concepts (see eval-stopping.ts; flags shrink it)
 import { runDemo } from '../src/cli/demo.ts';
 import type { Attrs } from '../src/shapes/attributes.ts';
 
@@ -19,6 +21,8 @@ const CONCEPTS: Array<Partial<Attrs>> = [
 for (const suite of wanted) {
   if (suite === 'shapes') {
     await import('./eval-shapes.ts');
+  } else if (suite === 'stopping') {
+    await import('./eval-stopping.ts');
   } else if (suite === 'concepts') {
     for (const concept of CONCEPTS) {
       const name = `${concept.texture}-${concept.color}-${concept.shape}`;
@@ -28,7 +32,7 @@ for (const suite of wanted) {
       console.log(JSON.stringify({ case: `concept-${name}`, ...e, pass }));
     }
   } else {
-    console.error(`unknown eval suite "${suite}" (shapes, concepts)`);
+    console.error(`unknown eval suite "${suite}" (shapes, concepts, stopping)`);
     process.exit(2);
   }
 }

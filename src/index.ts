@@ -15,6 +15,7 @@ export {
   type SaveOptions,
 } from './pipelines/train-textual-inversion.ts';
 export type { TrainingImages, StepLog, EmbeddingFileFormat } from './pipelines/textual-inversion.ts';
+export type { StopMode, KeepMode, InitMode, Recommendation } from './pipelines/early-stopping.ts';
 export { loadEmbedding, type Embedding, type LearnedEmbedding, type EmbeddingFormat } from './io/embeddings.ts';
 export { decodeRgb, savePng, type RgbImage } from './io/images.ts';
 export { verify, formatVerifyTable, type VerifyOptions, type VerifyRow } from './pipelines/verify.ts';

@@ -69,6 +69,46 @@ Options:
   --progress MODE  bar | json | quiet (default bar)
 `;
 
+/**
+ * Renders `count` training images of a concept (position, size and background at random,
+ * seeded) and writes each image's caption beside it (0.png + 0.txt, …), as the demo trains on.
+ */
+export async function renderConceptImages(concept: Partial<Attrs>, dir: string, seed: number, count = 4): Promise<string> {
+  mkdirSync(dir, { recursive: true });
+  const rng = new Rng(`demo-${seed}`);
+  for (let i = 0; i < count; i++) {
+    const attrs = randomAttributes(rng, { shape: concept.shape, color: concept.color, texture: concept.texture });
+    await writePng(render(attrs, rng), join(dir, `${i}.png`));
+    writeFileSync(join(dir, `${i}.txt`), `${describeSetting(attrs)}\n`);
+  }
+  return dir;
+}
+
+/** Writes the demo's caption templates (DEMO_TEMPLATES) as an AUTOMATIC1111 template file in `dir`. */
+export function writeDemoTemplates(dir: string): string {
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, 'templates.txt');
+  writeFileSync(file, `${DEMO_TEMPLATES.join('\n')}\n`);
+  return file;
+}
+
+/** The demo's training options for a concept's images: DEMO_TRAINING at the model's native size, the demo's templates, init = the shape. */
+export function demoTrainOptions(sd: StableDiffusion, o: { images: string; concept: Concept; token: string; seed: number; templateFile: string; out?: string; steps?: number }): TrainOptions {
+  return {
+    ...TRAIN_DEFAULTS,
+    ...DEMO_TRAINING,
+    steps: o.steps ?? DEMO_TRAINING.steps,
+    images: o.images,
+    token: o.token,
+    init: o.concept.shape,
+    resolution: (sd.ckpt.unetConfig.sample_size ?? 32) * sd.vaeFactor,
+    seed: o.seed,
+    saveEvery: 0,
+    out: o.out,
+    templateFile: o.templateFile,
+  };
+}
+
 function majority<T>(xs: T[]): T {
   const counts = new Map<T, number>();
   for (const x of xs) counts.set(x, (counts.get(x) ?? 0) + 1);
@@ -114,14 +154,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
   let imagesDir = o.images;
   if (!imagesDir) {
     if (spec) {
-      imagesDir = join(out, 'images');
-      mkdirSync(imagesDir, { recursive: true });
-      const rng = new Rng(`demo-${seed}`);
-      for (let i = 0; i < 4; i++) {
-        const attrs = randomAttributes(rng, { shape: spec.shape, color: spec.color, texture: spec.texture });
-        await writePng(render(attrs, rng), join(imagesDir, `${i}.png`));
-        writeFileSync(join(imagesDir, `${i}.txt`), `${describeSetting(attrs)}\n`);
-      }
+      imagesDir = await renderConceptImages(spec, join(out, 'images'), seed);
     } else {
       imagesDir = join(ASSETS, 'dotted-orange-star');
       spec = JSON.parse(readFileSync(join(imagesDir, 'concept.json'), 'utf8')) as Partial<Attrs>;
@@ -135,23 +168,12 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
   }
   const concept = { shape: spec.shape!, color: spec.color!, texture: spec.texture! } as Concept;
   const token = '<my-thing>';
-  const templateFile = join(out, 'templates.txt');
-  writeFileSync(templateFile, `${DEMO_TEMPLATES.join('\n')}\n`);
+  const templateFile = writeDemoTemplates(out);
 
   // Train.
   const sd = StableDiffusion.load(o.model ?? DEFAULT_MODEL);
   const opts: TrainOptions = {
-    ...TRAIN_DEFAULTS,
-    ...DEMO_TRAINING,
-    steps: o.steps ?? DEMO_TRAINING.steps,
-    images: imagesDir,
-    token,
-    init: concept.shape,
-    resolution: (sd.ckpt.unetConfig.sample_size ?? 32) * sd.vaeFactor,
-    seed,
-    saveEvery: 0,
-    out: join(out, 'embedding'),
-    templateFile,
+    ...demoTrainOptions(sd, { images: imagesDir, concept, token, seed, templateFile, out: join(out, 'embedding'), steps: o.steps }),
     ...o.training,
   };
   say(`learning ${token} (init "${concept.shape}") for ${JSON.stringify(concept)} from ${trainingImages.length} images`);

@@ -227,11 +227,11 @@ function checkVectors(path: string, vectors: Float32Array, n: number, d: number)
 }
 
 /** diffusers `learned_embeds.safetensors`: `{token: f32 [N, D]}` (loadable by load_textual_inversion). */
-export function saveDiffusersEmbedding(path: string, token: string, vectors: Float32Array, n: number, d: number): void {
+export function saveDiffusersEmbedding(path: string, token: string, vectors: Float32Array, n: number, d: number, extraMeta: Record<string, string> = {}): void {
   checkVectors(path, vectors, n, d);
   if (!token || token === '__metadata__') throw new EmbeddingError(path, `cannot save under token ${JSON.stringify(token)}`);
-  // diffusers writes metadata {"format": "pt"}; writeSafetensors renames into place atomically.
-  writeSafetensors(path, { [token]: { dtype: 'F32', shape: [n, d], data: vectors } }, { format: 'pt' });
+  // diffusers writes metadata {"format": "pt"} and ignores other keys; writeSafetensors renames into place atomically.
+  writeSafetensors(path, { [token]: { dtype: 'F32', shape: [n, d], data: vectors } }, { ...extraMeta, format: 'pt' });
 }
 
 export interface A1111Meta {

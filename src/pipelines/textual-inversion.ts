@@ -4,7 +4,7 @@
 // distribution, noise it at a uniform random timestep, and take an AdamW step on v* to
 // minimise the MSE between the UNet's prediction and the noise (or v).
 import { createHash, type Hash } from 'node:crypto';
-import { appendFileSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.ts';
 import { flipHorizontal, ImageError, listImages, loadTrainingImage, rgbImageProblem, trainingPixels, type RgbImage, type TrainingImageOptions } from '../io/images.ts';
@@ -15,13 +15,16 @@ import { tokenizeWeighted } from './prompt.ts';
 import { makeSchedule, type ScheduleKind } from './lr-schedule.ts';
 import { fillTrainingTemplate, readTemplateFile, templatesFor, type ConceptKind } from './templates.ts';
 import { TrainStep } from './ti-step.ts';
+import { checkStoppingOptions, evalInterval, STOPPING_DEFAULTS, StoppingRecord, type InitMode, type Recommendation, type StoppingOptions } from './early-stopping.ts';
+import { EvalBatch } from './eval-batch.ts';
+import { addInitPull, initialVectors } from './init-embedding.ts';
 import type { StableDiffusion } from './stable-diffusion.ts';
 import { OnewordError } from '../errors.ts';
 
 /** Training images: a folder, or a list of image files and/or decoded RGB images. */
 export type TrainingImages = string | ReadonlyArray<string | RgbImage>;
 
-export interface TrainOptions {
+export interface TrainOptions extends StoppingOptions {
   images: TrainingImages;
   token: string;
   init: string;
@@ -48,9 +51,16 @@ export interface TrainOptions {
   adamBeta2: number;
   adamEps: number;
   weightDecay: number;
+  /** Start from the init phrase's token embeddings, or from the text encoder's output for it. */
+  initMode: InitMode;
+  /** λ of an L2 pull λ‖v − v₀‖² towards the starting vectors (0 = none). */
+  initPull: number;
 }
 
 export const TRAIN_DEFAULTS = {
+  ...STOPPING_DEFAULTS,
+  initMode: 'tokens' as InitMode,
+  initPull: 0,
   vectors: 1,
   what: 'object' as ConceptKind,
   templateFile: null as string | null,
@@ -101,6 +111,10 @@ export interface StepLog {
   lr: number;
   seconds: number;
   grad_norm?: number;
+  /** The deterministic loss on the evaluation batch (on evaluation steps). */
+  eval_loss?: number;
+  /** With stop auto: Var(last window) / Var(all) of the deterministic loss. */
+  var_ratio?: number;
 }
 
 export interface TrainerState {
@@ -192,6 +206,7 @@ export function checkTrainOptions(sd: StableDiffusion, o: TrainOptions): { image
   if (o.maxGradNorm !== null && !(o.maxGradNorm > 0)) throw bad('maxGradNorm', `must be positive, got ${o.maxGradNorm}`);
   if (o.what !== 'object' && o.what !== 'style') throw bad('what', `must be object or style, got "${o.what}"`);
   makeSchedule(o.lr, o.lrSchedule, o.steps, o.lrWarmup);
+  checkStoppingOptions(o);
   // The token must be new to the tokenizer, in every spelling it would be matched by.
   const existing = sd.tokenizer.tokenToId(o.token) ?? sd.tokenizer.tokenToId(`${o.token}</w>`) ?? sd.tokenizer.tokenToId(`${o.token.toLowerCase()}</w>`);
   if (existing !== undefined) {
@@ -220,13 +235,20 @@ export class TextualInversionTrainer {
   state: TrainerState;
   private order: number[] = [];
   private stopRequested = false;
+  /** The vectors training started from (for the init pull). */
+  initVectors = new Float32Array(0);
+  /** Deterministic losses, saved steps and the stop point (stop auto, --keep). */
+  record = new StoppingRecord();
+  private evalBatch?: EvalBatch;
+  private evalStep?: TrainStep;
+  /** The last deterministic loss and the vectors it was computed for (a saved step often is an evaluation step too). */
+  private lastEval?: { vectors: Float32Array; loss: number };
 
   private constructor(
     readonly sd: StableDiffusion,
     readonly opts: TrainOptions,
     readonly images: ImageSource[],
     readonly imagesHash: string,
-    initIds: number[],
     readonly templates: readonly string[],
   ) {
     const d = sd.hiddenSize;
@@ -234,21 +256,18 @@ export class TextualInversionTrainer {
     this.schedule = makeSchedule(lr, opts.lrSchedule, opts.steps, opts.lrWarmup);
     this.noiseScheduler = createScheduler('ddpm', sd.ckpt.schedulerConfig);
     this.gen = new TorchGenerator(opts.seed);
-    // v* starts as the init phrase's embeddings, token by token, cycling (as kohya and A1111 do).
-    const table = sd.ckpt.textEncoder.float32('text_model.embeddings.token_embedding.weight');
+    // v* is set from the init phrase in create() (initialVectors).
     const vectors = new Float32Array(opts.vectors * d);
-    for (let k = 0; k < opts.vectors; k++) {
-      const id = initIds[k % initIds.length];
-      vectors.set(table.subarray(id * d, (id + 1) * d), k * d);
-    }
     this.state = { step: 0, vectors, adam: adamWState(vectors.length), rng: this.gen.getState() };
   }
 
   static async create(sd: StableDiffusion, opts: TrainOptions): Promise<TextualInversionTrainer> {
     const { images, initIds, templates } = checkTrainOptions(sd, opts);
-    const t = new TextualInversionTrainer(sd, opts, images, hashImages(images), initIds, templates);
+    const t = new TextualInversionTrainer(sd, opts, images, hashImages(images), templates);
     // Images first: a file that fails to decode must not leave the word half-registered.
     await t.encodeImages();
+    t.state.vectors.set(await initialVectors(sd, { text: opts.init, ids: initIds, vectors: opts.vectors, mode: opts.initMode }));
+    t.initVectors = Float32Array.from(t.state.vectors);
     sd.addLearnedToken(opts.token, t.state.vectors, opts.vectors);
     t.step = await t.stepFor(opts.batch);
     return t;
@@ -364,6 +383,7 @@ export class TextualInversionTrainer {
       const own = this.ownGradient(r.grad);
       for (let i = 0; i < grad.length; i++) grad[i] += own[i] / this.opts.gradAccum;
     }
+    addInitPull(grad, s.vectors, this.initVectors, this.opts.initPull);
     let gradNorm: number | undefined;
     if (this.opts.maxGradNorm !== null) gradNorm = clipGradNorm([grad], this.opts.maxGradNorm);
     const lr = this.schedule.at(s.step);
@@ -407,18 +427,78 @@ export class TextualInversionTrainer {
     return total / samples;
   }
 
+  /**
+   * The denoising loss on DVAR's evaluation batch, drawn once from the seed (batch ×
+   * gradAccum samples): deterministic for given vectors, so its curve shows learning.
+   */
+  async evalLoss(): Promise<number> {
+    const s = this.state;
+    const cached = this.lastEval;
+    if (cached && cached.vectors.every((v, i) => Object.is(v, s.vectors[i]))) return cached.loss;
+    const r = this.opts.resolution / this.sd.vaeFactor;
+    this.evalBatch ??= EvalBatch.draw({
+      images: this.cache,
+      samples: this.opts.batch * this.opts.gradAccum,
+      flipP: this.opts.flipP,
+      seed: this.opts.seed,
+      templates: this.templates,
+      promptIds: (template, caption) => this.promptIds(template, caption),
+      scheduler: this.noiseScheduler,
+      latentShape: [this.sd.latentChannels, r, r],
+      scalingFactor: this.sd.scalingFactor,
+    });
+    const rows = this.rowsWith(s.vectors);
+    const n = rows.length / this.sd.hiddenSize;
+    if (this.evalStep?.shape.rows !== n) this.evalStep = await TrainStep.create(this.sd, { batch: this.opts.batch, rows: n, latent: [this.sd.latentChannels, r, r] }, false, false);
+    const loss = await this.evalBatch.loss(this.evalStep, rows);
+    this.lastEval = { vectors: Float32Array.from(s.vectors), loss };
+    return loss;
+  }
+
+  /** Records the current step as saved, with its deterministic loss and its checkpoint's embedding files. */
+  async savedStep(files: string[] = []): Promise<void> {
+    this.record.addSaved(this.state.step, await this.evalLoss(), this.state.vectors, files);
+  }
+
+  /**
+   * The final embeddings as `keep` asks: last = learned_embeds.safetensors and
+   * <name>.safetensors hold the last step, beside the checkpoints; best = they hold the
+   * recommended step and the checkpoints' embeddings are removed; all = as last, and the
+   * last step also gets its own -steps-N files. Returns the files written.
+   */
+  keepEmbeddings(dir: string, evalLoss: number): string[] {
+    const e = this.saveEmbeddings(dir, '', evalLoss);
+    const files = [e.diffusers, e.a1111];
+    const keep = this.opts.keep;
+    if (keep === 'all') {
+      const s = this.saveEmbeddings(dir, `-steps-${this.state.step}`, evalLoss);
+      files.push(s.diffusers, s.a1111);
+    } else if (keep === 'best') {
+      const rec = this.record.recommend(this.opts);
+      const best = this.record.best;
+      if (rec && best && rec.step === best.step && rec.step !== this.state.step) {
+        const embedding = { ...this.embedding, vectors: Float32Array.from(best.vectors) };
+        writeEmbeddingFiles(dir, embedding, { step: best.step, model: this.sd.ckpt.source, evalLoss: best.evalLoss });
+      }
+      for (const s of this.record.saved) for (const f of s.files ?? []) rmSync(f, { force: true });
+    }
+    return files;
+  }
+
   /** Atomically writes the whole training state (embedding, AdamW moments, step, RNG, options). */
   saveState(dir = this.outDir()): string {
     mkdirSync(dir, { recursive: true });
     const s = this.state;
     s.rng = this.gen.getState();
     const path = join(dir, STATE_FILE);
+    const stopping = this.record.toState();
     writeSafetensors(
       path,
       {
         vectors: { dtype: 'F32', shape: [this.opts.vectors, this.sd.hiddenSize], data: s.vectors },
         'adam.m': { dtype: 'F32', shape: [s.vectors.length], data: s.adam.m },
         'adam.v': { dtype: 'F32', shape: [s.vectors.length], data: s.adam.v },
+        ...this.stoppingTensors(stopping.bestVectors),
       },
       {
         format: 'oneword-train-state',
@@ -429,9 +509,18 @@ export class TextualInversionTrainer {
         options: JSON.stringify({ ...this.opts, images: savableImages(this.opts.images) }),
         images_hash: this.imagesHash,
         model: this.sd.ckpt.source,
+        stopping: stopping.json,
       },
     );
     return path;
+  }
+
+  private stoppingTensors(best: Float32Array | null) {
+    const shape = [this.opts.vectors, this.sd.hiddenSize];
+    return {
+      'init.vectors': { dtype: 'F32' as const, shape, data: this.initVectors },
+      ...(best ? { 'best.vectors': { dtype: 'F32' as const, shape, data: best } } : {}),
+    };
   }
 
   /** Restores a state written by saveState; the images must be the same files. */
@@ -448,6 +537,8 @@ export class TextualInversionTrainer {
     this.state.step = Number(f.metadata.step);
     this.gen.setState(JSON.parse(f.metadata.rng));
     this.order = JSON.parse(f.metadata.order ?? '[]') as number[];
+    if (f.has('init.vectors')) this.initVectors = Float32Array.from(f.readFloat32('init.vectors'));
+    this.record = StoppingRecord.fromState(f.metadata.stopping, f.has('best.vectors') ? f.readFloat32('best.vectors') : null);
     this.sd.addLearnedToken(this.opts.token, this.state.vectors, this.opts.vectors);
   }
 
@@ -458,8 +549,8 @@ export class TextualInversionTrainer {
   }
 
   /** Writes the learned word in both formats: diffusers and A1111/ComfyUI. */
-  saveEmbeddings(dir = this.outDir(), suffix = ''): { diffusers: string; a1111: string } {
-    const files = writeEmbeddingFiles(dir, this.embedding, { suffix, step: this.state.step, model: this.sd.ckpt.source });
+  saveEmbeddings(dir = this.outDir(), suffix = '', evalLoss?: number): { diffusers: string; a1111: string } {
+    const files = writeEmbeddingFiles(dir, this.embedding, { suffix, step: this.state.step, model: this.sd.ckpt.source, evalLoss });
     return { diffusers: files.diffusers!, a1111: files.a1111! };
   }
 
@@ -478,7 +569,7 @@ export type EmbeddingFileFormat = 'diffusers' | 'a1111';
 export function writeEmbeddingFiles(
   dir: string,
   e: LearnedEmbedding,
-  opts: { formats?: readonly EmbeddingFileFormat[]; suffix?: string; step?: number; model?: string } = {},
+  opts: { formats?: readonly EmbeddingFileFormat[]; suffix?: string; step?: number; model?: string; evalLoss?: number } = {},
 ): Partial<Record<EmbeddingFileFormat, string>> {
   const formats = opts.formats ?? ['diffusers', 'a1111'];
   for (const f of formats) if (f !== 'diffusers' && f !== 'a1111') throw TrainError.badOption('formats', `must list "diffusers" and/or "a1111", got "${f}"`);
@@ -488,13 +579,21 @@ export function writeEmbeddingFiles(
   const files: Partial<Record<EmbeddingFileFormat, string>> = {};
   if (formats.includes('diffusers')) {
     files.diffusers = join(dir, `learned_embeds${suffix}.safetensors`);
-    saveDiffusersEmbedding(files.diffusers, e.token, e.vectors, e.count, e.dim);
+    saveDiffusersEmbedding(files.diffusers, e.token, e.vectors, e.count, e.dim, trainingMeta(opts));
   }
   if (formats.includes('a1111')) {
     files.a1111 = join(dir, `${name}${suffix}.safetensors`);
-    saveA1111Embedding(files.a1111, name, e.vectors, e.count, e.dim, { step: opts.step, sdCheckpointName: opts.model });
+    saveA1111Embedding(files.a1111, name, e.vectors, e.count, e.dim, { step: opts.step, sdCheckpointName: opts.model, eval_loss: opts.evalLoss });
   }
   return files;
+}
+
+/** The training step and its deterministic loss, for the diffusers file's metadata. */
+function trainingMeta(o: { step?: number; evalLoss?: number }): Record<string, string> {
+  const meta: Record<string, string> = {};
+  if (o.step !== undefined) meta.step = String(o.step);
+  if (o.evalLoss !== undefined) meta.eval_loss = String(o.evalLoss);
+  return meta;
 }
 
 /** Reads the options saved in a state folder (to resume); `images` is null for in-memory images. */
@@ -506,17 +605,29 @@ export function savedOptions(dir: string): Omit<TrainOptions, 'images'> & { imag
 
 export interface TrainHooks {
   onStep?: (log: StepLog, runningLoss: number) => void;
-  onSave?: (step: number, files: string[]) => void;
+  /** Files written for a saved step, and that step's deterministic loss. */
+  onSave?: (step: number, files: string[], evalLoss?: number) => void;
   /** Called every `previewEvery` steps (and at the end) with the trainer. */
   preview?: { every: number; run: (trainer: TextualInversionTrainer) => Promise<string[]> };
 }
 
+export interface TrainResult {
+  /** True when requestStop (Ctrl-C) ended the run. */
+  stopped: boolean;
+  last?: StepLog;
+  /** With stop auto: where the deterministic loss settled and training ended. */
+  earlyStop: { step: number; ratio: number } | null;
+  /** The step to use and why (when the run computed deterministic losses). */
+  recommended: Recommendation | null;
+}
+
 /**
- * The training loop: steps until `opts.steps`. With an output folder it also logs each
- * step to train-log.jsonl, checkpoints every `saveEvery` steps, when stopped (Ctrl-C) and
- * at the end; without one it writes nothing.
+ * The training loop: steps until `opts.steps` (or, with stop auto, until the deterministic
+ * loss settles). With an output folder it also logs each step to train-log.jsonl,
+ * checkpoints every `saveEvery` steps, when stopped (Ctrl-C) and at the end, and leaves
+ * the embeddings `keep` asks for; without one it writes nothing.
  */
-export async function train(trainer: TextualInversionTrainer, hooks: TrainHooks = {}): Promise<{ stopped: boolean; last?: StepLog }> {
+export async function train(trainer: TextualInversionTrainer, hooks: TrainHooks = {}): Promise<TrainResult> {
   const o = trainer.opts;
   const out = o.out;
   if (out) mkdirSync(out, { recursive: true });
@@ -524,31 +635,46 @@ export async function train(trainer: TextualInversionTrainer, hooks: TrainHooks 
   const t0 = performance.now();
   let running = NaN;
   let last: StepLog | undefined;
-  const checkpoint = () => {
+  const record = trainer.record;
+  const evalEvery = evalInterval(o);
+  const checkpoint = async () => {
     if (!out) return;
-    const files = [trainer.saveState()];
-    const e = trainer.saveEmbeddings(out, `-steps-${trainer.state.step}`);
-    files.push(e.diffusers, e.a1111);
-    hooks.onSave?.(trainer.state.step, files);
+    const evalLoss = await trainer.evalLoss();
+    const e = trainer.saveEmbeddings(out, `-steps-${trainer.state.step}`, evalLoss);
+    await trainer.savedStep([e.diffusers, e.a1111]);
+    const state = trainer.saveState();
+    hooks.onSave?.(trainer.state.step, [state, e.diffusers, e.a1111], evalLoss);
   };
-  while (trainer.state.step < o.steps) {
+  while (trainer.state.step < o.steps && !(o.stop === 'auto' && record.stoppedAt)) {
     if (trainer.stopping) {
-      checkpoint();
-      return { stopped: true, last };
+      await checkpoint();
+      return { stopped: true, last, earlyStop: null, recommended: null };
     }
     last = await trainer.trainStep(t0);
+    const step = trainer.state.step;
+    if (evalEvery > 0 && step % evalEvery === 0) {
+      last.eval_loss = await trainer.evalLoss();
+      const ratio = record.observe(step, last.eval_loss, o);
+      if (ratio !== null) last.var_ratio = ratio;
+    }
+    const ending = step >= o.steps || (o.stop === 'auto' && record.stoppedAt !== null);
+    const saving = out !== undefined && ((o.saveEvery > 0 && step % o.saveEvery === 0) || ending);
+    // Every saved step's deterministic loss is in the log too.
+    if ((saving || (ending && evalEvery > 0)) && last.eval_loss === undefined) last.eval_loss = await trainer.evalLoss();
     running = Number.isNaN(running) ? last.loss : 0.98 * running + 0.02 * last.loss;
     if (logPath) appendFileSync(logPath, `${JSON.stringify(last)}\n`);
     hooks.onStep?.(last, running);
-    const step = trainer.state.step;
-    if (o.saveEvery > 0 && step % o.saveEvery === 0 && step < o.steps) checkpoint();
-    if (hooks.preview && hooks.preview.every > 0 && step % hooks.preview.every === 0 && step < o.steps) await hooks.preview.run(trainer);
+    if (saving && !ending) await checkpoint();
+    if (hooks.preview && hooks.preview.every > 0 && step % hooks.preview.every === 0 && !ending) await hooks.preview.run(trainer);
   }
+  // The end is a saved step too (without a folder, only when losses are being computed anyway).
+  const evalLoss = out || evalEvery > 0 ? await trainer.evalLoss() : undefined;
+  if (evalLoss !== undefined) await trainer.savedStep();
   if (out) {
     trainer.saveState();
-    const e = trainer.saveEmbeddings();
-    hooks.onSave?.(trainer.state.step, [e.diffusers, e.a1111]);
+    const files = trainer.keepEmbeddings(out, evalLoss!);
+    hooks.onSave?.(trainer.state.step, files, evalLoss);
   }
   if (hooks.preview && hooks.preview.every > 0) await hooks.preview.run(trainer);
-  return { stopped: false, last };
+  return { stopped: false, last, earlyStop: o.stop === 'auto' ? record.stoppedAt : null, recommended: record.recommend(o) };
 }

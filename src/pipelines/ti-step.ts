@@ -18,7 +18,7 @@ export interface TrainStepShape {
 
 export interface TrainStepResult {
   loss: number;
-  /** ∂loss/∂rows [rows, D]. */
+  /** ∂loss/∂rows [rows, D] (empty for a forward-only step). */
   grad: Float32Array;
   /** Only when asked for (verification). */
   pred?: Float32Array;
@@ -31,7 +31,8 @@ export class TrainStep {
     readonly shape: TrainStepShape,
   ) {}
 
-  static async create(sd: StableDiffusion, shape: TrainStepShape, withIntermediates = false): Promise<TrainStep> {
+  /** `gradient: false` compiles the forward pass alone (the loss on an evaluation batch). */
+  static async create(sd: StableDiffusion, shape: TrainStepShape, withIntermediates = false, gradient = true): Promise<TrainStep> {
     const g = new Graph();
     const d = sd.hiddenSize;
     const [c, h, w] = shape.latent;
@@ -44,8 +45,8 @@ export class TrainStep {
     const context = clipTextEncoder(sd.params(g, 'textEncoder').scope('text_model'), sd.ckpt.textEncoderConfig, ids, { extraRows: rows });
     const pred = unet2DCondition(sd.params(g, 'unet'), sd.ckpt.unetConfig, noisy, t, context);
     const loss = mse(pred, target);
-    const [gRows] = grad(loss, [rows]);
-    const outs: Record<string, Tensor> = { loss, grad: gRows };
+    const outs: Record<string, Tensor> = { loss };
+    if (gradient) outs.grad = grad(loss, [rows])[0];
     if (withIntermediates) Object.assign(outs, { pred, context });
     return new TrainStep(await compile(outs, sd.compileOptions()), shape);
   }
@@ -55,7 +56,7 @@ export class TrainStep {
     const r = await this.compiled.run({ ids, rows: feeds.rows, noisy: feeds.noisy, t: Float32Array.from(feeds.t), target: feeds.target });
     return {
       loss: (r.loss as Float32Array)[0],
-      grad: r.grad as Float32Array,
+      grad: (r.grad as Float32Array | undefined) ?? new Float32Array(0),
       pred: r.pred as Float32Array | undefined,
       context: r.context as Float32Array | undefined,
     };

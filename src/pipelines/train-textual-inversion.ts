@@ -9,6 +9,7 @@ import { defaultSize, generate, type GeneratedImage } from './generate.ts';
 import type { ConceptKind } from './templates.ts';
 import type { ScheduleKind } from './lr-schedule.ts';
 import type { StableDiffusion } from './stable-diffusion.ts';
+import type { InitMode, KeepMode, Recommendation, StopMode } from './early-stopping.ts';
 import {
   TextualInversionTrainer,
   train,
@@ -29,6 +30,14 @@ export interface TextualInversionOptions {
   token: string;
   /** A coarse description to start from, e.g. "cat"; a phrase initialises the vectors token by token, cycling. */
   init: string;
+  /**
+   * How the vectors start: "tokens" = the init phrase's token embeddings; "encoder" = the
+   * text encoder's final hidden states for the phrase at its tokens' positions (Cross
+   * Initialization, Pang et al. 2024). Default "tokens".
+   */
+  initMode?: InitMode;
+  /** λ of an L2 pull λ‖v − v₀‖² towards the starting vectors. Default 0 (none). */
+  initPull?: number;
   /** Vectors per token. Default 1. */
   vectors?: number;
   /** Which caption templates to train with. Default "object". */
@@ -44,8 +53,30 @@ export interface TextualInversionOptions {
   centerCrop?: boolean;
   /** Probability of a horizontal flip. Default 0.5. */
   flipP?: number;
-  /** Optimiser steps. Default 3000. */
+  /** Optimiser steps (with stop "auto": at most). Default 3000. */
   steps?: number;
+  /**
+   * "fixed": train `steps` steps. "auto": stop when the deterministic loss (the loss on one
+   * evaluation batch drawn at the start) settles: Var(last stopWindow steps) / Var(all) <
+   * stopEps (DVAR, Voronov et al. 2023). Default "fixed".
+   */
+  stop?: StopMode;
+  /** DVAR's window in steps. Default 310 (the paper's setting for textual inversion). */
+  stopWindow?: number;
+  /** DVAR's threshold. Default 0.15. */
+  stopEps?: number;
+  /**
+   * Compute the deterministic loss every N steps (each costs about 0.4 of a step);
+   * 0 = only at saved steps. Default 5 with stop "auto", else 0.
+   */
+  evalEvery?: number | null;
+  /**
+   * Which embeddings remain in `out` at the end. "last": learned_embeds.safetensors and
+   * <name>.safetensors hold the last step, beside the checkpoints; "best": they hold the
+   * recommended step, and the checkpoints' embeddings are removed; "all": as "last", and
+   * the last step also gets -steps-N files. Default "last".
+   */
+  keep?: KeepMode;
   /** Learning rate, or an A1111 schedule such as "5e-3:100, 1e-3:1000, 1e-5". Default 5e-4. */
   lr?: number | string;
   /** Multiply the learning rate by batch × gradAccum. Default false. */
@@ -82,8 +113,8 @@ export interface TextualInversionOptions {
   /** Stops training at the next step; with `out`, a checkpoint is written first. */
   signal?: AbortSignal;
   onStep?: (log: StepLog, runningLoss: number) => void;
-  /** Files written by a checkpoint (only with `out`). */
-  onSave?: (step: number, files: string[]) => void;
+  /** Files written for a saved step (only with `out`), and that step's deterministic loss. */
+  onSave?: (step: number, files: string[], evalLoss?: number) => void;
   /** Each preview image; `file` is where it was saved (only with `out`). */
   onPreview?: (preview: { step: number; image: GeneratedImage; file?: string }) => void;
 }
@@ -100,6 +131,13 @@ export interface TrainingRun {
   readonly steps: number;
   /** True when `signal` stopped training early. */
   readonly stopped: boolean;
+  /** With stop "auto": the step where the deterministic loss settled and training ended (null if it ran to `steps`). */
+  readonly earlyStop: { step: number; ratio: number } | null;
+  /**
+   * The step to use and why: the stopping point, else the saved step with the lowest
+   * deterministic loss. Null when no deterministic loss was computed (no `out`, stop "fixed", evalEvery 0).
+   */
+  readonly recommended: Recommendation | null;
   /** One entry per step taken in this call. */
   readonly log: StepLog[];
   /** With measureFixedLoss: the loss on a fixed batch before and after (after only when not stopped). */
@@ -112,6 +150,7 @@ export interface TrainingRun {
 const TRAINER_OPTIONS = [
   'vectors', 'what', 'templateFile', 'resolution', 'centerCrop', 'flipP', 'steps', 'lr', 'scaleLr', 'lrSchedule', 'lrWarmup', 'batch',
   'gradAccum', 'maxGradNorm', 'seed', 'saveEvery', 'out', 'adamBeta1', 'adamBeta2', 'adamEps', 'weightDecay',
+  'stop', 'stopWindow', 'stopEps', 'evalEvery', 'keep', 'initMode', 'initPull',
 ] as const satisfies ReadonlyArray<keyof TrainOptions & keyof TextualInversionOptions>;
 
 const KNOWN_OPTIONS = new Set<string>([
@@ -161,19 +200,20 @@ export async function trainTextualInversion(sd: StableDiffusion, options: Textua
   const stop = () => trainer.requestStop();
   if (options.signal?.aborted) stop();
   options.signal?.addEventListener('abort', stop, { once: true });
-  let stopped: boolean;
+  let result: Awaited<ReturnType<typeof train>>;
   try {
-    ({ stopped } = await train(trainer, {
+    result = await train(trainer, {
       onStep: (l, running) => {
         log.push(l);
         options.onStep?.(l, running);
       },
       onSave: options.onSave,
       preview: previewEvery > 0 ? { every: previewEvery, run: preview } : undefined,
-    }));
+    });
   } finally {
     options.signal?.removeEventListener('abort', stop);
   }
+  const { stopped, earlyStop, recommended } = result;
   const fixedLoss = before === undefined ? undefined : { before, after: stopped ? undefined : await trainer.fixedLoss() };
   const embedding = trainer.embedding;
   const step = trainer.state.step;
@@ -181,6 +221,8 @@ export async function trainTextualInversion(sd: StableDiffusion, options: Textua
     embedding,
     steps: step,
     stopped,
+    earlyStop,
+    recommended,
     log,
     fixedLoss,
     save: async (dir, so = {}) => writeEmbeddingFiles(dir, embedding, { formats: so.formats, step, model: sd.ckpt.source }),
