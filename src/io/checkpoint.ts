@@ -10,6 +10,7 @@ import { existsSync, statSync, readFileSync, readdirSync, openSync, readSync, cl
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { SafetensorsFile, MAX_HEADER_BYTES, type SafeDType } from './safetensors.ts';
 import { OnewordError } from '../errors.ts';
+import { assertConfigBounds, CLIP_TEXT_BOUNDS, MAX_CONFIG_BYTES, SCHEDULER_BOUNDS, UNET_BOUNDS, VAE_BOUNDS } from './config-bounds.ts';
 
 export class CheckpointError extends OnewordError {
   constructor(readonly path: string, problem: string) {
@@ -284,6 +285,7 @@ export function parseCLIPTextConfig(json: Record<string, unknown>, path: string)
     bos_token_id: f.int('bos_token_id', 49406),
     eos_token_id: f.int('eos_token_id', 49407),
   };
+  assertConfigBounds(c, CLIP_TEXT_BOUNDS, (problem) => new CheckpointError(path, problem));
   if (c.hidden_size % c.num_attention_heads !== 0) {
     throw new CheckpointError(path, `hidden_size ${c.hidden_size} is not divisible by num_attention_heads ${c.num_attention_heads}`);
   }
@@ -351,6 +353,7 @@ export function parseUNetConfig(json: Record<string, unknown>, path: string): UN
     conv_in_kernel: f.int('conv_in_kernel', 3, 1),
     conv_out_kernel: f.int('conv_out_kernel', 3, 1),
   };
+  assertConfigBounds(c, UNET_BOUNDS, (problem) => new CheckpointError(path, problem));
   validateUNet(c, path);
   return c;
 }
@@ -395,6 +398,7 @@ export function parseVAEConfig(json: Record<string, unknown>, path: string): VAE
     use_post_quant_conv: f.bool('use_post_quant_conv', true),
     mid_block_add_attention: f.bool('mid_block_add_attention', true),
   };
+  assertConfigBounds(c, VAE_BOUNDS, (problem) => new CheckpointError(path, problem));
   const n = c.block_out_channels.length;
   if (c.down_block_types.length !== n || c.up_block_types.length !== n) {
     throw new CheckpointError(path, `VAE has ${n} block_out_channels but ${c.down_block_types.length} down and ${c.up_block_types.length} up blocks`);
@@ -798,6 +802,7 @@ const PICKLE_EXTS = new Set(['.ckpt', '.pt', '.pth', '.bin', '.pkl']);
 
 function readJson(path: string): Record<string, unknown> {
   let text: string;
+  if (existsSync(path) && statSync(path).size > MAX_CONFIG_BYTES) throw new CheckpointError(path, `is ${statSync(path).size} bytes; a config file may have at most ${MAX_CONFIG_BYTES}`);
   try { text = readFileSync(path, 'utf8'); } catch { throw new CheckpointError(path, 'missing (expected in a diffusers model folder)'); }
   let v: unknown;
   try { v = JSON.parse(text); } catch (e) { throw new CheckpointError(path, `invalid JSON (${(e as Error).message})`); }
@@ -898,8 +903,10 @@ function loadDiffusers(dir: string, opts: LoadOptions): StableDiffusionCheckpoin
 
   const schedPath = join(dir, 'scheduler', 'scheduler_config.json');
   let schedulerConfig: Record<string, unknown>;
-  if (existsSync(schedPath)) schedulerConfig = readJson(schedPath);
-  else {
+  if (existsSync(schedPath)) {
+    schedulerConfig = readJson(schedPath);
+    assertConfigBounds(schedulerConfig, SCHEDULER_BOUNDS, (problem) => new CheckpointError(schedPath, problem));
+  } else {
     schedulerConfig = defaultSchedulerConfig(family, 'epsilon');
     warnings.push(`${dir}: no scheduler/scheduler_config.json, using the ${family} default`);
   }
