@@ -1,4 +1,5 @@
 // Engine benchmark: our graph path vs the same op as a bare single-op ONNX model in ORT.
+import '../src/runtime/ort-telemetry.ts';
 import ort from 'onnxruntime-node';
 import { create, toBinary } from '@bufbuild/protobuf';
 import {

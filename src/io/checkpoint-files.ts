@@ -1,7 +1,8 @@
 // Checkpoint files on disk: which files a diffusers folder's components are in (plain or
 // fp16 variant, whole or sharded), what kind of file a single checkpoint is (safetensors,
 // or a pickle that is refused, never opened), and messages for layouts that are not a model.
-import { existsSync, readFileSync, readdirSync, openSync, readSync, closeSync, fstatSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, openSync, readSync, closeSync, fstatSync, statSync } from 'node:fs';
+import { MAX_CONFIG_BYTES } from './config-bounds.ts';
 import { basename, extname, join } from 'node:path';
 import { SafetensorsFile, MAX_HEADER_BYTES } from './safetensors.ts';
 import { CheckpointError, listSome, NO_TRANSFORM, RESHAPE, resolveComponent, type FileWeights, type WeightSpec } from './weights.ts';
@@ -11,6 +12,7 @@ export const PICKLE_EXTS = new Set(['.ckpt', '.pt', '.pth', '.bin', '.pkl']);
 /** A JSON object file of a model folder. */
 export function readJson(path: string): Record<string, unknown> {
   let text: string;
+  if (existsSync(path) && statSync(path).size > MAX_CONFIG_BYTES) throw new CheckpointError(path, `is ${statSync(path).size} bytes; a config file may have at most ${MAX_CONFIG_BYTES}`);
   try { text = readFileSync(path, 'utf8'); } catch { throw new CheckpointError(path, 'missing (expected in a diffusers model folder)'); }
   let v: unknown;
   try { v = JSON.parse(text); } catch (e) { throw new CheckpointError(path, `invalid JSON (${(e as Error).message})`); }

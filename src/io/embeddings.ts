@@ -75,11 +75,24 @@ function sniff(path: string): Container {
   return 'unknown';
 }
 
+/** Largest embedding read: more vectors than a prompt holds, wider than any text encoder. */
+export const MAX_EMBEDDING_VECTORS = 1024;
+export const MAX_EMBEDDING_WIDTH = 8192;
+
+/** Checked from the declared shape, before any value is read or inflated. */
 function checkShape(path: string, shape: readonly number[], what: string): { count: number; dim: number; oneD: boolean } {
-  if (shape.length === 1 && shape[0] > 0) return { count: 1, dim: shape[0], oneD: true };
-  if (shape.length === 2 && shape[0] > 0 && shape[1] > 0) return { count: shape[0], dim: shape[1], oneD: false };
-  throw new EmbeddingError(path, `${what} has shape [${shape.join(', ')}]; an embedding is [N, D] or [D]`);
+  let r: { count: number; dim: number; oneD: boolean } | undefined;
+  if (shape.length === 1 && shape[0] > 0) r = { count: 1, dim: shape[0], oneD: true };
+  if (shape.length === 2 && shape[0] > 0 && shape[1] > 0) r = { count: shape[0], dim: shape[1], oneD: false };
+  if (!r) throw new EmbeddingError(path, `${what} has shape [${shape.join(', ')}]; an embedding is [N, D] or [D]`);
+  if (r.count > MAX_EMBEDDING_VECTORS || r.dim > MAX_EMBEDDING_WIDTH) {
+    throw new EmbeddingError(path, `${what} has shape [${shape.join(', ')}]; an embedding has at most ${MAX_EMBEDDING_VECTORS} vectors of width ${MAX_EMBEDDING_WIDTH} or less`);
+  }
+  return r;
 }
+
+/** Storage records of embedding archives are refused above this, unread (an embedding needs at most 32 MiB). */
+const EMBEDDING_ARCHIVE_LIMITS = { maxStorageBytes: MAX_EMBEDDING_VECTORS * MAX_EMBEDDING_WIDTH * 8 };
 
 function checkFinite(path: string, v: Float32Array): void {
   for (let i = 0; i < v.length; i++) {
@@ -134,7 +147,7 @@ function str(v: PyValue | undefined): string | undefined {
 
 function fromTorch(path: string): Omit<Embedding, 'token'> {
   // PickleError/PickleSecurityError propagate unchanged: their messages already name the file.
-  const archive: TorchArchive = loadTorchArchive(path);
+  const archive: TorchArchive = loadTorchArchive(path, { limits: EMBEDDING_ARCHIVE_LIMITS });
   try {
     const root = archive.root;
     if (!(root instanceof PyDict)) throw new EmbeddingError(path, `top-level object is ${describe(root)}; expected a dict`);

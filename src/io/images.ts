@@ -46,10 +46,26 @@ export interface TrainingImageOptions {
 
 export const IMAGE_EXTENSIONS = ['.jpg', '.jpeg', '.png', '.webp'] as const;
 
-/** Decodes any file sharp reads to 8-bit RGB, EXIF-oriented, alpha dropped. */
-export async function decodeRgb(path: string): Promise<RgbImage> {
+/**
+ * Most pixels a decoded image may have: 100 megapixels (300 MB as RGB) is above any camera
+ * photo a concept is trained from, far below the gigabytes a small crafted file can claim.
+ */
+export const MAX_IMAGE_PIXELS = 100_000_000;
+
+/** Decodes any file sharp reads to 8-bit RGB, EXIF-oriented, alpha dropped; the size is checked from the header first. */
+export async function decodeRgb(path: string, opts: { maxPixels?: number } = {}): Promise<RgbImage> {
+  const maxPixels = opts.maxPixels ?? MAX_IMAGE_PIXELS;
+  let width: number, height: number;
   try {
-    const { data, info } = await sharp(path, { autoOrient: true, ignoreIcc: true, failOn: 'error' })
+    ({ width, height } = await sharp(path).metadata());
+  } catch (e) {
+    throw new ImageError(path, `cannot decode image: ${(e as Error).message}`, { cause: e });
+  }
+  if (width * height > maxPixels) {
+    throw new ImageError(path, `image is ${width}×${height} (${((width * height) / 1e6).toFixed(0)} megapixels); at most ${maxPixels / 1e6} megapixels are decoded`);
+  }
+  try {
+    const { data, info } = await sharp(path, { autoOrient: true, ignoreIcc: true, failOn: 'error', limitInputPixels: maxPixels })
       .removeAlpha()
       .toColourspace('srgb')
       .raw({ depth: 'uchar' })

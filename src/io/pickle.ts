@@ -98,6 +98,8 @@ export interface PickleLimits {
   /** Longest LONG1/LONG4 integer, in bytes. */
   maxIntBytes: number;
   maxTensorDims: number;
+  /** Largest tensor storage (a `data/<key>` record) of a torch.save archive, in bytes, checked before it is read. */
+  maxStorageBytes: number;
 }
 
 export const DEFAULT_PICKLE_LIMITS: PickleLimits = {
@@ -108,6 +110,7 @@ export const DEFAULT_PICKLE_LIMITS: PickleLimits = {
   maxStringBytes: 4 << 20,
   maxIntBytes: 64,
   maxTensorDims: 16,
+  maxStorageBytes: 1 << 30,
 };
 
 export interface UnpickleOptions {
@@ -534,9 +537,11 @@ function halfToFloat(h: number): number {
  * with the restricted VM; storages are bound lazily to their `data/<key>` records.
  */
 export function loadTorchArchive(path: string, opts: { limits?: Partial<PickleLimits> } = {}): TorchArchive {
+  const limits = { ...DEFAULT_PICKLE_LIMITS, ...opts.limits };
   let zip: ZipArchive;
   try {
-    zip = ZipArchive.open(path);
+    // No record is inflated beyond what the limits allow, whatever the directory claims.
+    zip = ZipArchive.open(path, { maxEntryBytes: Math.max(limits.maxBytes, limits.maxStorageBytes) });
   } catch (e) {
     if (e instanceof ZipError) throw new PickleError(`${path}: not a readable PyTorch zip archive: ${e.message}`);
     throw e;
@@ -555,7 +560,6 @@ export function loadTorchArchive(path: string, opts: { limits?: Partial<PickleLi
       if (bo !== 'little' && bo !== 'big') throw new PickleError(`${path}: byteorder record says "${bo.slice(0, 20)}", expected little or big`);
       byteOrder = bo;
     }
-    const limits = { ...DEFAULT_PICKLE_LIMITS, ...opts.limits };
     const pklEntry = zip.entry(pkl[0]);
     if (pklEntry.uncompressedSize > limits.maxBytes) throw new PickleError(`${path}: data.pkl of ${pklEntry.uncompressedSize} bytes exceeds the limit`);
     const storages = new Map<string, TorchStorage>();
@@ -577,6 +581,7 @@ export function loadTorchArchive(path: string, opts: { limits?: Partial<PickleLi
       const rec = `${prefix}/data/${key}`;
       if (!zip.has(rec)) throw new PickleError(`${path}: storage record "${rec}" is missing`);
       const bytesNeeded = numel * DTYPE_SIZE[dtype];
+      if (bytesNeeded > limits.maxStorageBytes) throw new PickleError(`${path}: storage "${key}" declares ${bytesNeeded} bytes; at most ${limits.maxStorageBytes} are read`);
       if (zip.entry(rec).uncompressedSize !== bytesNeeded) {
         throw new PickleError(`${path}: storage "${key}" holds ${zip.entry(rec).uncompressedSize} bytes, but ${numel} ${dtype} elements need ${bytesNeeded}`);
       }

@@ -5,6 +5,7 @@
 import * as o from '../graph/index.ts';
 import type { Tensor } from '../graph/index.ts';
 import { CheckpointError, type WeightSpec } from '../io/weights.ts';
+import { assertConfigBounds, CLIP_TEXT_BOUNDS } from '../io/config-bounds.ts';
 import { Fields, type ConfigJson } from './config-fields.ts';
 import type { Params } from './params.ts';
 
@@ -46,6 +47,7 @@ export function parseCLIPTextConfig(json: ConfigJson, path: string): CLIPTextCon
     bos_token_id: f.int('bos_token_id', 49406),
     eos_token_id: f.int('eos_token_id', 49407),
   };
+  assertConfigBounds(c, CLIP_TEXT_BOUNDS, (problem) => new CheckpointError(path, problem));
   if (c.hidden_size % c.num_attention_heads !== 0) {
     throw new CheckpointError(path, `hidden_size ${c.hidden_size} is not divisible by num_attention_heads ${c.num_attention_heads}`);
   }

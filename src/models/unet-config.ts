@@ -1,6 +1,7 @@
 // UNet2DConditionModel's config (unet/config.json as diffusers writes it): the type, the
 // parser with diffusers' defaults, the per-level settings read from it, and the weight spec.
 import { CheckpointError, type WeightSpec } from '../io/weights.ts';
+import { assertConfigBounds, UNET_BOUNDS } from '../io/config-bounds.ts';
 import { Fields, perBlock, type ConfigJson } from './config-fields.ts';
 
 export type UNetDownBlockType = 'CrossAttnDownBlock2D' | 'DownBlock2D';
@@ -97,6 +98,7 @@ export function parseUNetConfig(json: ConfigJson, path: string): UNetConfig {
     conv_in_kernel: f.int('conv_in_kernel', 3, 1),
     conv_out_kernel: f.int('conv_out_kernel', 3, 1),
   };
+  assertConfigBounds(c, UNET_BOUNDS, (problem) => new CheckpointError(path, problem));
   validateUNet(c, path);
   return c;
 }

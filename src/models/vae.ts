@@ -3,6 +3,7 @@
 import * as o from '../graph/index.ts';
 import type { Tensor } from '../graph/index.ts';
 import { CheckpointError, type WeightSpec } from '../io/weights.ts';
+import { assertConfigBounds, VAE_BOUNDS } from '../io/config-bounds.ts';
 import { Fields, type ConfigJson } from './config-fields.ts';
 import type { Params } from './params.ts';
 import { conv, fromTokens, groupNormP, linearP, resnetBlock2D, toTokens } from './blocks.ts';
@@ -47,6 +48,7 @@ export function parseVAEConfig(json: ConfigJson, path: string): VAEConfig {
     use_post_quant_conv: f.bool('use_post_quant_conv', true),
     mid_block_add_attention: f.bool('mid_block_add_attention', true),
   };
+  assertConfigBounds(c, VAE_BOUNDS, (problem) => new CheckpointError(path, problem));
   const n = c.block_out_channels.length;
   if (c.down_block_types.length !== n || c.up_block_types.length !== n) {
     throw new CheckpointError(path, `VAE has ${n} block_out_channels but ${c.down_block_types.length} down and ${c.up_block_types.length} up blocks`);

@@ -26,6 +26,7 @@ import {
 } from '../models/ldm-configs.ts';
 import { defaultPredictionType, defaultSchedulerConfig, type PredictionType } from '../schedulers/config.ts';
 import { OnewordError } from '../errors.ts';
+import { assertConfigBounds, SCHEDULER_BOUNDS } from '../io/config-bounds.ts';
 
 export { CheckpointError, type Family };
 
@@ -108,8 +109,10 @@ function readFolderConfigs(dir: string): ComponentConfigs {
 function folderScheduler(dir: string, family: Family, unet: UNetConfig, opts: LoadOptions, warnings: string[]): { schedulerConfig: Record<string, unknown>; predictionType: PredictionType } {
   const schedPath = join(dir, 'scheduler', 'scheduler_config.json');
   let schedulerConfig: Record<string, unknown>;
-  if (existsSync(schedPath)) schedulerConfig = readJson(schedPath);
-  else {
+  if (existsSync(schedPath)) {
+    schedulerConfig = readJson(schedPath);
+    assertConfigBounds(schedulerConfig, SCHEDULER_BOUNDS, (problem) => new CheckpointError(schedPath, problem));
+  } else {
     schedulerConfig = defaultSchedulerConfig(family, defaultPredictionType(family, unet.sample_size));
     warnings.push(`${dir}: no scheduler/scheduler_config.json, using the ${family} default (${schedulerConfig.prediction_type ?? 'epsilon'})`);
   }
@@ -206,6 +209,7 @@ function readGivenConfigs(dir: string): GivenConfigs {
   if (!text && !unet && !vae) {
     throw OnewordError.badOption('config', `must be a diffusers model folder; ${abs} has none of text_encoder/config.json, unet/config.json, vae/config.json`);
   }
+  if (scheduler) assertConfigBounds(scheduler.json, SCHEDULER_BOUNDS, (problem) => new CheckpointError(scheduler.path, problem));
   const stored = scheduler?.json.prediction_type;
   if (stored !== undefined && !SUPPORTED_PREDICTION.includes(stored as string)) {
     throw new CheckpointError(scheduler!.path, `prediction_type ${JSON.stringify(stored)} is not supported (epsilon or v_prediction)`);

@@ -6,6 +6,7 @@
 //   inputs), so one in-memory weight set serves every session;
 // - external data pointing into the user's float32 .safetensors file is memory-mapped
 //   by ORT: no private copy at all. With prepacking disabled the run speed is unchanged.
+import './ort-telemetry.ts';
 import ort from 'onnxruntime-node';
 import { createHash } from 'node:crypto';
 import { statSync } from 'node:fs';
