@@ -22,6 +22,8 @@ export interface CLIPTextConfig {
   pad_token_id: number;
   bos_token_id: number;
   eos_token_id: number;
+  /** Width of `text_projection`: set only for CLIPTextModelWithProjection (SDXL's second encoder). */
+  projection_dim?: number;
 }
 
 export function parseCLIPTextConfig(json: ConfigJson, path: string): CLIPTextConfig {
@@ -47,6 +49,7 @@ export function parseCLIPTextConfig(json: ConfigJson, path: string): CLIPTextCon
     bos_token_id: f.int('bos_token_id', 49406),
     eos_token_id: f.int('eos_token_id', 49407),
   };
+  if (hasTextProjection(json)) c.projection_dim = f.int('projection_dim', 512, 1);
   assertConfigBounds(c, CLIP_TEXT_BOUNDS, (problem) => new CheckpointError(path, problem));
   if (c.hidden_size % c.num_attention_heads !== 0) {
     throw new CheckpointError(path, `hidden_size ${c.hidden_size} is not divisible by num_attention_heads ${c.num_attention_heads}`);
@@ -54,7 +57,15 @@ export function parseCLIPTextConfig(json: ConfigJson, path: string): CLIPTextCon
   return c;
 }
 
-/** Every weight (names under the component, shapes) of a CLIP text encoder with config `c`. */
+/** Whether a text_encoder config.json names transformers' CLIPTextModelWithProjection. */
+export function hasTextProjection(json: ConfigJson): boolean {
+  return Array.isArray(json.architectures) && json.architectures.includes('CLIPTextModelWithProjection');
+}
+
+/**
+ * Every weight (names under the component, shapes) of a CLIP text encoder with config `c`;
+ * with a projection_dim (CLIPTextModelWithProjection) also `text_projection` [projection_dim, D], no bias.
+ */
 export function clipTextWeightSpec(c: CLIPTextConfig): WeightSpec {
   const m: WeightSpec = new Map();
   const D = c.hidden_size;
@@ -72,6 +83,7 @@ export function clipTextWeightSpec(c: CLIPTextConfig): WeightSpec {
     norm(`${p}.layer_norm2`);
   }
   norm('text_model.final_layer_norm');
+  if (c.projection_dim !== undefined) m.set('text_projection.weight', [c.projection_dim, D]);
   return m;
 }
 

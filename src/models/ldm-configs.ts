@@ -132,6 +132,7 @@ export function unetConfigFromLdm(f: LdmFile, family: Family, sampleSize: number
     // Only changes fp16 numerics (attention computed in fp32); SD 2.1 sets it, and it is harmless in fp32.
     upcast_attention: family === 'sd2',
     resnet_time_scale_shift: 'default', time_embedding_type: 'positional', conv_in_kernel: kIn, conv_out_kernel: kOut,
+    addition_embed_type: null, addition_time_embed_dim: null, projection_class_embeddings_input_dim: null,
   };
   validateUNet(c, f.path);
   return c;

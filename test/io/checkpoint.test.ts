@@ -369,7 +369,7 @@ test('broken diffusers folders: unknown blocks, unsupported features, missing te
   const blocks = make('bad-blocks', (d) => setJson(join(d, 'unet/config.json'), (j) => { j.down_block_types = ['DownBlock2D', 'FooBlock2D']; }));
   expectCheckpointError(blocks, /unet\/config\.json: unknown UNet down block type "FooBlock2D" in "down_block_types"/);
   const xl = make('xl-unet', (d) => setJson(join(d, 'unet/config.json'), (j) => { j.addition_embed_type = 'text_time'; }));
-  expectCheckpointError(xl, /added conditioning \(SDXL-style\)/);
+  expectCheckpointError(xl, /unet\/config\.json: "addition_embed_type" is "text_time" but "addition_time_embed_dim" is not set/);
   const heads = make('bad-heads', (d) => setJson(join(d, 'unet/config.json'), (j) => { j.attention_head_dim = [8, 8, 8]; }));
   expectCheckpointError(heads, /"attention_head_dim" lists 3 values for 2 blocks/);
   const act = make('bad-act', (d) => setJson(join(d, 'text_encoder/config.json'), (j) => { j.hidden_act = 'relu'; }));
