@@ -80,13 +80,13 @@ function componentFiles(dir: string, base: string, variant: 'fp16' | undefined, 
 const DEPRECATED_VAE_ATTENTION: [string, string][] = [['to_q', 'query'], ['to_k', 'key'], ['to_v', 'value'], ['to_out.0', 'proj_attn']];
 const IGNORED_DIFFUSERS_TENSORS = new Set(['text_model.embeddings.position_ids']);
 
-/** A component of a diffusers folder (`text_encoder`, `unet`, `vae`) checked against its weight spec; unused tensors become warnings. */
+/** A component of a diffusers folder (`text_encoder`, `text_encoder_2`, `unet`, `vae`) checked against its weight spec; unused tensors become warnings. */
 export function loadFolderComponent(
-  dir: string, sub: 'text_encoder' | 'unet' | 'vae', label: string, spec: WeightSpec,
+  dir: string, sub: 'text_encoder' | 'text_encoder_2' | 'unet' | 'vae', label: string, spec: WeightSpec,
   variant: 'fp16' | undefined, warnings: string[],
 ): FileWeights {
   const compDir = join(dir, sub);
-  const files = componentFiles(compDir, sub === 'text_encoder' ? 'model' : 'diffusion_pytorch_model', variant, warnings);
+  const files = componentFiles(compDir, sub.startsWith('text_encoder') ? 'model' : 'diffusion_pytorch_model', variant, warnings);
   const used = new Set<string>();
   const ws = resolveComponent(compDir, label, spec, (name) => {
     for (const cand of [name, ...(sub === 'vae' ? deprecatedVaeNames(name) : [])]) {
