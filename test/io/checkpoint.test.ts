@@ -168,7 +168,7 @@ function writeSd2SingleFile(path: string, metadata: Record<string, string> | und
   const src = loadCheckpoint(SD2);
   const map = ldmTensorMap({ family: 'sd2' }, src.textEncoderConfig, src.unetConfig, src.vaeConfig);
   const out: Record<string, TensorToWrite> = {};
-  const ws = { textEncoder: src.textEncoder, unet: src.unet, vae: src.vae };
+  const ws: Record<string, { float32(name: string): Float32Array }> = { textEncoder: src.textEncoder, unet: src.unet, vae: src.vae };
   for (const e of map) {
     const data = ws[e.component].float32(e.name);
     if (e.transform.kind === 'chunk') {
