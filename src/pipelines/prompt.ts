@@ -5,6 +5,21 @@
 //   emphasis applied to the encoder output: scale each token's row by its weight, then rescale
 //   the whole chunk so its mean is what it was (A1111's "Original" emphasis).
 import type { CLIPTokenizer } from '../models/clip-tokenizer.ts';
+import { OnewordError } from '../errors.ts';
+
+/** A prompt that cannot be encoded as written: the caller's text to fix (a usage error). */
+export class PromptError extends OnewordError {
+  override name = 'PromptError';
+  constructor(message: string) {
+    super(message, { usage: true });
+  }
+}
+
+/**
+ * Largest emphasis weight, either sign. A1111 multiplies without limit, so 10,000 nested "("
+ * reach Infinity and decode to a black image; no useful weight comes near this.
+ */
+export const MAX_EMPHASIS = 1000;
 
 export type PromptFragment = [text: string, weight: number];
 
@@ -62,7 +77,7 @@ function digitValue(ch: string): number {
 function parseWeight(s: string): number {
   const ascii = s.replace(/\p{Nd}/gu, (d) => String(digitValue(d)));
   if (!/^[+-]?(?:\d+\.?\d*|\.\d+)$/.test(ascii)) {
-    throw new Error(`prompt: cannot read the weight "${s}" in "(…:${s})"; write a number such as 1.2 or .8`);
+    throw new PromptError(`prompt: cannot read the weight "${s}" in "(…:${s})"; write a number such as 1.2 or .8`);
   }
   return Number(ascii);
 }
@@ -148,6 +163,12 @@ export function tokenizeWeighted(tokenizer: CLIPTokenizer, text: string, opts: T
   const { bosId, eosId, padId } = tokenizer;
   const embIds = embeddingIds(tokenizer, opts.embeddings ?? new Map(), chunkLength);
   const parsed: PromptFragment[] = (opts.emphasis ?? true) ? parsePromptAttention(text) : [[text, 1.0]];
+  for (const [fragment, weight] of parsed) {
+    if (!(Math.abs(weight) <= MAX_EMPHASIS)) {
+      const words = fragment.trim().slice(0, 40) + (fragment.trim().length > 40 ? '…' : '');
+      throw new PromptError(`prompt: the emphasis on "${words}" is ${weight} (each "(" multiplies it by 1.1, each "[" divides); weights must be from -${MAX_EMPHASIS} to ${MAX_EMPHASIS}`);
+    }
+  }
 
   const chunks: WeightedChunk[] = [];
   let tokens: number[] = [];

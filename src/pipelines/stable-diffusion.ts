@@ -4,6 +4,7 @@
 import { dirname } from 'node:path';
 import { Graph, type Tensor, type WeightMode } from '../graph/index.ts';
 import { compile, type CompiledGraph, type CompileOptions } from '../runtime/session.ts';
+import { threadsProblem } from '../runtime/threads.ts';
 import { loadCheckpoint, type LoadOptions, type StableDiffusionCheckpoint } from '../io/checkpoint.ts';
 import { CLIPTokenizer } from '../models/clip-tokenizer.ts';
 import { clipTextEncoder } from '../models/clip-text.ts';
@@ -50,6 +51,8 @@ export class StableDiffusion {
 
   /** Loads a diffusers folder or a single-file SD 1.x / 2.x `.safetensors` (nothing is read beyond headers yet). */
   static load(path: string, opts: SDOptions = {}): StableDiffusion {
+    const problem = threadsProblem(opts.threads);
+    if (problem) throw OnewordError.badOption('threads', problem);
     return new StableDiffusion(loadCheckpoint(path, opts), opts);
   }
 
@@ -120,6 +123,10 @@ export class StableDiffusion {
       return existing;
     }
     const names = embeddingTokenNames(token, count);
+    for (const name of names) {
+      const id = this.tokenizer.tokenToId(name);
+      if (id !== undefined) throw OnewordError.badOption('token', `"${name}" already exists in the vocabulary (id ${id}); use a new word such as "<${name.replace(/^<|>$/g, '')}>"`);
+    }
     const ids = this.tokenizer.addTokens(names);
     const t: LearnedToken = { token, vectors: Float32Array.from(vectors), count, ids };
     this.learned.set(token, t);

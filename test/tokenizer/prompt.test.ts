@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CLIPTokenizer } from '../../src/models/clip-tokenizer.ts';
 import { SafetensorsFile } from '../../src/io/safetensors.ts';
-import { applyEmphasis, embeddingTokenNames, parsePromptAttention, tokenizeWeighted } from '../../src/pipelines/prompt.ts';
+import { applyEmphasis, embeddingTokenNames, parsePromptAttention, PromptError, tokenizeWeighted } from '../../src/pipelines/prompt.ts';
 
 const FIX = fileURLToPath(new URL('../fixtures/', import.meta.url));
 const ints = (a: BigInt64Array) => Array.from(a, Number);
@@ -222,4 +222,17 @@ test('applyEmphasis: scale rows by weight, then restore the mean of the whole ch
 
   assert.throws(() => applyEmphasis(new Float32Array(5), [3, 2], [1, 1, 1]), /shape \[3, 2\] needs 6/);
   assert.throws(() => applyEmphasis(new Float32Array(6), [3, 2], [1, 1]), /2 weights for 3 rows/);
+});
+
+test('emphasis weights are bounded: 10,000 nested "(" (weight Infinity) are refused as a usage error, A1111 weights pass', () => {
+  const tok = CLIPTokenizer.bundled();
+  const deep = `${'('.repeat(10000)}cat`;
+  assert.equal(parsePromptAttention(deep)[0][1], Infinity);
+  assert.throws(() => tokenizeWeighted(tok, deep), (e: unknown) =>
+    e instanceof PromptError && e.usage && /the emphasis on "cat" is Infinity .*weights must be from -1000 to 1000/.test(e.message));
+  assert.throws(() => tokenizeWeighted(tok, `(cat:${'9'.repeat(400)})`), PromptError);
+  assert.throws(() => tokenizeWeighted(tok, '(cat:1001)'), /is 1001/);
+  // Within the bounds, A1111's own semantics: negative and strong weights, 40 nested brackets.
+  assert.equal(tokenizeWeighted(tok, '(cat:-1) (dog:1000)').chunks[0].weights[1], -1);
+  assert.ok(Math.abs(tokenizeWeighted(tok, `${'('.repeat(40)}cat`).chunks[0].weights[1] - 1.1 ** 40) < 1e-6);
 });
