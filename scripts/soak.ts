@@ -1,0 +1,122 @@
+// Kill-and-resume soak (opt-in): `npm run soak [-- --kills 20 --steps 40 --seed N]`.
+//
+// Trains the tiny fixture model once without interruption, then trains the same run again
+// while killing the trainer at random moments (SIGKILL mostly, SIGTERM and SIGINT too) and
+// resuming it each time, as a user with a flaky machine would. The final embedding and
+// training state must equal the uninterrupted run's bit for bit. Exits 1 if they differ.
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Rng, randomAttributes, render, writePng } from '../src/shapes/index.ts';
+import { SafetensorsFile } from '../src/io/safetensors.ts';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const BIN = join(ROOT, 'bin', 'oneword.js');
+const MODEL = join(ROOT, 'test', 'fixtures', 'sd1-tiny');
+
+function flag(argv: string[], name: string, def: number): number {
+  const i = argv.indexOf(`--${name}`);
+  return i >= 0 ? Number(argv[i + 1]) : def;
+}
+
+interface Exit { code: number | null; signal: NodeJS.Signals | null }
+
+/** Starts the trainer; `killAfterMs` (if given) sends `signal` that long after the start. */
+function trainer(args: string[], kill?: { afterMs: number; signal: NodeJS.Signals }): Promise<Exit & { killed: boolean }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr!.on('data', (d) => (stderr += d));
+    let killed = false;
+    const timer = kill && setTimeout(() => {
+      killed = true;
+      child.kill(kill.signal);
+    }, kill.afterMs);
+    child.on('exit', (code, signal) => {
+      if (timer) clearTimeout(timer);
+      if (code !== 0 && !killed) process.stderr.write(stderr);
+      resolve({ code, signal, killed });
+    });
+  });
+}
+
+const loggedSteps = (out: string) => (existsSync(join(out, 'train-log.jsonl')) ? readFileSync(join(out, 'train-log.jsonl'), 'utf8').trim().split('\n').filter(Boolean).length : 0);
+
+async function main(argv: string[]): Promise<number> {
+  const kills = flag(argv, 'kills', 20);
+  const steps = flag(argv, 'steps', 40);
+  const seed = flag(argv, 'seed', Date.now() % 1e9);
+  const rng = new Rng(seed);
+  const dir = mkdtempSync(join(tmpdir(), 'oneword-soak-'));
+  try {
+    const images = join(dir, 'images');
+    mkdirSync(images);
+    const art = new Rng(5);
+    for (let i = 0; i < 3; i++) await writePng(render(randomAttributes(art, { shape: 'star', color: 'orange', texture: 'dotted' }), art), join(images, `${i}.png`));
+    const start = (out: string) => ['train', '--model', MODEL, '--images', images, '--token', '<soak>', '--init', 'star', '--out', out, '--steps', String(steps),
+      '--save-every', '3', '--resolution', '16', '--batch', '2', '--lr', '5e-3', '--seed', '3', '--threads', '1', '--progress', 'quiet'];
+    const resume = (out: string) => ['train', '--resume', out, '--progress', 'quiet'];
+
+    console.log(`soak: seed ${seed}, ${kills} kills over a ${steps}-step run`);
+    const t0 = performance.now();
+    const straight = join(dir, 'straight');
+    const ref = await trainer(start(straight));
+    if (ref.code !== 0) throw new Error(`the uninterrupted run failed (${ref.code ?? ref.signal})`);
+    const runMs = performance.now() - t0;
+    console.log(`  uninterrupted run: ${(runMs / 1000).toFixed(1)} s`);
+
+    const out = join(dir, 'killed');
+    let done = 0;
+    let restarts = 0;
+    let finished = false;
+    while (done < kills) {
+      const hasState = existsSync(join(out, 'train-state.safetensors'));
+      // Killed before its first checkpoint: nothing to resume, so the run starts over (as a user would, after removing the folder).
+      if (!hasState) {
+        rmSync(out, { recursive: true, force: true });
+        restarts++;
+      }
+      const signal: NodeJS.Signals = rng.next() < 0.7 ? 'SIGKILL' : rng.next() < 0.5 ? 'SIGTERM' : 'SIGINT';
+      const afterMs = Math.round(rng.next() * runMs);
+      const r = await trainer(hasState ? resume(out) : start(out), { afterMs, signal });
+      if (!r.killed) {
+        if (r.code !== 0) throw new Error(`a resumed run failed (exit ${r.code ?? r.signal})`);
+        // It finished before the kill landed: the run is complete; start the rest from its state.
+        finished = true;
+        break;
+      }
+      done++;
+      const at = existsSync(join(out, 'train-state.safetensors')) ? SafetensorsFile.open(join(out, 'train-state.safetensors')).metadata.step : 'none';
+      console.log(`  kill ${String(done).padStart(2)}: ${signal.padEnd(7)} after ${(afterMs / 1000).toFixed(1)} s → exit ${r.code ?? r.signal}, checkpoint step ${at}, log ${loggedSteps(out)} lines`);
+    }
+    if (!finished) {
+      const last = await trainer(existsSync(join(out, 'train-state.safetensors')) ? resume(out) : start(out));
+      if (last.code !== 0) throw new Error(`the final resume failed (exit ${last.code ?? last.signal})`);
+    }
+
+    const same = (file: string) => readFileSync(join(straight, file)).equals(readFileSync(join(out, file)));
+    const a = SafetensorsFile.open(join(straight, 'train-state.safetensors'));
+    const b = SafetensorsFile.open(join(out, 'train-state.safetensors'));
+    const problems: string[] = [];
+    if (!same('learned_embeds.safetensors')) problems.push('learned_embeds.safetensors differs');
+    if (!same('soak.safetensors')) problems.push('soak.safetensors differs');
+    for (const name of ['vectors', 'adam.m', 'adam.v']) if (!Buffer.from(a.readFloat32(name).buffer).equals(Buffer.from(b.readFloat32(name).buffer))) problems.push(`state ${name} differs`);
+    if (a.metadata.rng !== b.metadata.rng || a.metadata.step !== b.metadata.step) problems.push('state step or RNG differs');
+    const la = readFileSync(join(straight, 'train-log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).loss);
+    const lb = readFileSync(join(out, 'train-log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).loss);
+    if (JSON.stringify(la) !== JSON.stringify(lb)) problems.push(`train-log.jsonl differs (${la.length} vs ${lb.length} lines)`);
+    console.log(`soak: ${done} kills, ${restarts - 1} restarts before a first checkpoint, ${((performance.now() - t0) / 1000).toFixed(0)} s in all`);
+    if (problems.length) {
+      console.log(`soak: FAILED: ${problems.join('; ')}`);
+      return 1;
+    }
+    console.log('soak: the killed-and-resumed run equals the uninterrupted one bit for bit (embeddings, state, loss log)');
+    return 0;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2));
