@@ -23,26 +23,41 @@ function flag(argv: string[], name: string, def: number): number {
 
 interface Exit { code: number | null; signal: NodeJS.Signals | null }
 
-/** Starts the trainer; `killAfterMs` (if given) sends `signal` that long after the start. */
-function trainer(args: string[], kill?: { afterMs: number; signal: NodeJS.Signals }): Promise<Exit & { killed: boolean }> {
+/**
+ * When to kill: `afterMs` after the start (during start-up, model loading, image encoding),
+ * or `afterMs` after the log reached `atLine` lines (mid-training, mid-checkpoint).
+ */
+interface Kill { signal: NodeJS.Signals; afterMs: number; atLine?: number; log: string }
+
+const loggedSteps = (out: string) => (existsSync(join(out, 'train-log.jsonl')) ? readFileSync(join(out, 'train-log.jsonl'), 'utf8').trim().split('\n').filter(Boolean).length : 0);
+
+/** Runs the trainer to its end, or until `kill` lands. */
+function trainer(args: string[], kill?: Kill): Promise<Exit & { killed: boolean }> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr!.on('data', (d) => (stderr += d));
     let killed = false;
-    const timer = kill && setTimeout(() => {
+    let timer: NodeJS.Timeout | undefined;
+    const fire = () => (timer = setTimeout(() => {
       killed = true;
-      child.kill(kill.signal);
-    }, kill.afterMs);
+      child.kill(kill!.signal);
+    }, kill!.afterMs));
+    const poll = kill?.atLine !== undefined ? setInterval(() => {
+      if (loggedSteps(kill.log) >= kill.atLine!) {
+        clearInterval(poll);
+        fire();
+      }
+    }, 10) : undefined;
+    if (kill && kill.atLine === undefined) fire();
     child.on('exit', (code, signal) => {
-      if (timer) clearTimeout(timer);
+      clearTimeout(timer);
+      clearInterval(poll);
       if (code !== 0 && !killed) process.stderr.write(stderr);
       resolve({ code, signal, killed });
     });
   });
 }
-
-const loggedSteps = (out: string) => (existsSync(join(out, 'train-log.jsonl')) ? readFileSync(join(out, 'train-log.jsonl'), 'utf8').trim().split('\n').filter(Boolean).length : 0);
 
 async function main(argv: string[]): Promise<number> {
   const kills = flag(argv, 'kills', 20);
@@ -79,8 +94,13 @@ async function main(argv: string[]): Promise<number> {
         restarts++;
       }
       const signal: NodeJS.Signals = rng.next() < 0.7 ? 'SIGKILL' : rng.next() < 0.5 ? 'SIGTERM' : 'SIGINT';
-      const afterMs = Math.round(rng.next() * runMs);
-      const r = await trainer(hasState ? resume(out) : start(out), { afterMs, signal });
+      // A quarter of the kills land while the trainer starts up, the rest a few steps into training.
+      const during = rng.next() < 0.25 ? 'start-up' : 'training';
+      const logged = hasState ? loggedSteps(out) : 0;
+      const kill: Kill = during === 'start-up'
+        ? { signal, afterMs: Math.round(rng.next() * 3000), log: out }
+        : { signal, afterMs: Math.round(rng.next() * 200), atLine: logged + 1 + Math.floor(rng.next() * 6), log: out };
+      const r = await trainer(hasState ? resume(out) : start(out), kill);
       if (!r.killed) {
         if (r.code !== 0) throw new Error(`a resumed run failed (exit ${r.code ?? r.signal})`);
         // It finished before the kill landed: the run is complete; start the rest from its state.
@@ -89,7 +109,8 @@ async function main(argv: string[]): Promise<number> {
       }
       done++;
       const at = existsSync(join(out, 'train-state.safetensors')) ? SafetensorsFile.open(join(out, 'train-state.safetensors')).metadata.step : 'none';
-      console.log(`  kill ${String(done).padStart(2)}: ${signal.padEnd(7)} after ${(afterMs / 1000).toFixed(1)} s → exit ${r.code ?? r.signal}, checkpoint step ${at}, log ${loggedSteps(out)} lines`);
+      const when = kill.atLine === undefined ? `${kill.afterMs} ms after start` : `${kill.afterMs} ms after step ${kill.atLine}`;
+      console.log(`  kill ${String(done).padStart(2)}: ${signal.padEnd(7)} ${when.padEnd(24)} → exit ${r.code ?? r.signal}, checkpoint step ${at}, log ${loggedSteps(out)} lines`);
     }
     if (!finished) {
       const last = await trainer(existsSync(join(out, 'train-state.safetensors')) ? resume(out) : start(out));
