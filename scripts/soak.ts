@@ -1,4 +1,4 @@
-// Kill-and-resume soak (opt-in): `npm run soak [-- --kills 20 --steps 40 --seed N]`.
+// Kill-and-resume soak (opt-in): `npm run soak [-- --kills 20 --steps 100 --seed N]`.
 //
 // Trains the tiny fixture model once without interruption, then trains the same run again
 // while killing the trainer at random moments (SIGKILL mostly, SIGTERM and SIGINT too) and
@@ -61,7 +61,8 @@ function trainer(args: string[], kill?: Kill): Promise<Exit & { killed: boolean 
 
 async function main(argv: string[]): Promise<number> {
   const kills = flag(argv, 'kills', 20);
-  const steps = flag(argv, 'steps', 40);
+  // Each kill costs the steps since the last checkpoint (every 3): 100 steps last 20 kills.
+  const steps = flag(argv, 'steps', 100);
   const seed = flag(argv, 'seed', Date.now() % 1e9);
   const rng = new Rng(seed);
   const dir = mkdtempSync(join(tmpdir(), 'oneword-soak-'));
@@ -101,9 +102,9 @@ async function main(argv: string[]): Promise<number> {
         ? { signal, afterMs: Math.round(rng.next() * 3000), log: out }
         : { signal, afterMs: Math.round(rng.next() * 200), atLine: logged + 1 + Math.floor(rng.next() * 6), log: out };
       const r = await trainer(hasState ? resume(out) : start(out), kill);
-      if (!r.killed) {
+      if (!r.killed || r.code === 0) {
         if (r.code !== 0) throw new Error(`a resumed run failed (exit ${r.code ?? r.signal})`);
-        // It finished before the kill landed: the run is complete; start the rest from its state.
+        // It finished before the kill landed: the run is complete.
         finished = true;
         break;
       }
@@ -129,6 +130,7 @@ async function main(argv: string[]): Promise<number> {
     const lb = readFileSync(join(out, 'train-log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).loss);
     if (JSON.stringify(la) !== JSON.stringify(lb)) problems.push(`train-log.jsonl differs (${la.length} vs ${lb.length} lines)`);
     console.log(`soak: ${done} kills, ${restarts - 1} restarts before a first checkpoint, ${((performance.now() - t0) / 1000).toFixed(0)} s in all`);
+    if (done < kills) problems.push(`the run ended after ${done} of ${kills} kills (pass more --steps)`);
     if (problems.length) {
       console.log(`soak: FAILED: ${problems.join('; ')}`);
       return 1;
