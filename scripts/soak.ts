@@ -1,4 +1,4 @@
-// Kill-and-resume soak (opt-in): `npm run soak [-- --kills 20 --steps 100 --seed N]`.
+// Kill-and-resume soak (opt-in): `npm run soak [-- --kills 20 --steps 300 --seed N]`.
 //
 // Trains the tiny fixture model once without interruption, then trains the same run again
 // while killing the trainer at random moments (SIGKILL mostly, SIGTERM and SIGINT too) and
@@ -61,8 +61,8 @@ function trainer(args: string[], kill?: Kill): Promise<Exit & { killed: boolean 
 
 async function main(argv: string[]): Promise<number> {
   const kills = flag(argv, 'kills', 20);
-  // Each kill costs the steps since the last checkpoint (every 3): 100 steps last 20 kills.
-  const steps = flag(argv, 'steps', 100);
+  // A kill lands a few steps after the last one, so 300 steps outlast 20 kills.
+  const steps = flag(argv, 'steps', 300);
   const seed = flag(argv, 'seed', Date.now() % 1e9);
   const rng = new Rng(seed);
   const dir = mkdtempSync(join(tmpdir(), 'oneword-soak-'));
@@ -100,7 +100,7 @@ async function main(argv: string[]): Promise<number> {
       const logged = hasState ? loggedSteps(out) : 0;
       const kill: Kill = during === 'start-up'
         ? { signal, afterMs: Math.round(rng.next() * 3000), log: out }
-        : { signal, afterMs: Math.round(rng.next() * 200), atLine: logged + 1 + Math.floor(rng.next() * 6), log: out };
+        : { signal, afterMs: Math.round(rng.next() * 100), atLine: logged + 1 + Math.floor(rng.next() * 6), log: out };
       const r = await trainer(hasState ? resume(out) : start(out), kill);
       if (!r.killed || r.code === 0) {
         if (r.code !== 0) throw new Error(`a resumed run failed (exit ${r.code ?? r.signal})`);

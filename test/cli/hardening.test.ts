@@ -10,6 +10,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { Rng, randomAttributes, render, writePng } from '../../src/shapes/index.ts';
 import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../../src/io/safetensors.ts';
 import { LOCK_FILE } from '../../src/io/output-folder.ts';
+import { saveA1111Embedding } from '../../src/io/embeddings.ts';
 
 const FIX = new URL('../fixtures/', import.meta.url).pathname;
 const BIN = new URL('../../bin/oneword.js', import.meta.url).pathname;
@@ -228,6 +229,8 @@ test('bad input is refused up front: exit 2, one line naming the option and its 
   mkdirSync(empty);
   const file = join(dir, 'a-file');
   writeFileSync(file, 'x');
+  const embedding = join(dir, 'my-emb.safetensors');
+  saveA1111Embedding(embedding, 'my-emb', new Float32Array(32), 1, 32);
   const t = (extra: string[], token = '<x>') => ['train', '--model', MODEL, '--images', images, '--token', token, '--init', 'star', '--out', join(dir, 'out'), ...extra];
   const g = (extra: string[]) => ['generate', '--model', MODEL, '--prompt', 'a cat', '--steps', '2', '--quiet', '--out', join(dir, 'gen'), ...extra];
   const cases: Array<[string[], RegExp]> = [
@@ -241,7 +244,7 @@ test('bad input is refused up front: exit 2, one line naming the option and its 
     [t(['--out', file]), /--out .*a-file is a file, not a folder/],
     // Where mkdir fails (/proc takes no new entries), the reason is named; Node's own recursive mkdir hung here.
     ...(process.platform === 'linux' ? [[t(['--out', '/proc/oneword-out']), /--out \/proc\/oneword-out: cannot write to \/proc \(the file system takes no new files there\)/] as [string[], RegExp]] : []),
-    [t(['--lr', '1e-3'], 'star'), /--token .*"star" already exists in the vocabulary/],
+    [t(['--lr', '1e-3'], 'star'), /token "star" already exists in the vocabulary/],
     [['train', '--model', MODEL, '--images', empty, '--token', '<x>', '--init', 'star'], /--images .*empty: no images found/],
     [['train', '--model', MODEL, '--images', join(dir, 'missing'), '--token', '<x>', '--init', 'star'], /--images .*missing: no such folder/],
     [g(['--width', '100000']), /--width must be a whole number from 1 to 8192, got 100000/],
@@ -249,7 +252,7 @@ test('bad input is refused up front: exit 2, one line naming the option and its 
     [g(['--threads', '0']), /--threads must be a whole number from 1 to/],
     [g(['--out', file]), /--out .*a-file is a file, not a folder/],
     [g(['--steps', '1500', '--scheduler', 'ddim']), /--steps must be at most 1000 for the ddim sampler/],
-    [g(['--embedding', `${join(FIX, 'embeddings', 'learned_embeds.safetensors')}:cat`]), /--embedding .*learned_embeds\.safetensors:cat: "cat" already exists in the vocabulary .*"<cat>"/],
+    [g(['--embedding', `${embedding}:cat`]), /--embedding .*my-emb\.safetensors:cat: "cat" already exists in the vocabulary .*"<cat>"/],
     [g(['--prompt', `${'('.repeat(10000)}cat`]), /prompt: the emphasis on "cat" is Infinity .*weights must be from -1000 to 1000/],
     [g(['--prompt', '(x:1.2.3)']), /prompt: cannot read the weight "1\.2\.3"/],
   ];
