@@ -12,7 +12,8 @@ import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, syml
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { deflateRawSync, inflateRawSync } from 'node:zlib';
+import { deflateRawSync } from 'node:zlib';
+import { ZipArchive } from '../src/io/zip.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const FIX = join(ROOT, 'test', 'fixtures');
@@ -129,7 +130,7 @@ function mutateBytes(r: Rand, input: Uint8Array, others: Uint8Array[]): { data: 
       case 3: if (at + 4 <= b.length) { b.writeUInt32BE(r.pick(INTERESTING) >>> 0, at); notes.push(`u32be@${at}`); } break;
       case 4: { b = b.subarray(0, r.int(b.length + 1)); notes.push(`truncate ${b.length}`); break; }
       case 5: { const n = 1 + r.int(64); b = Buffer.concat([b.subarray(0, at), b.subarray(at + n)]); notes.push(`delete ${n}@${at}`); break; }
-      case 6: { const o = r.pick(others); const s = r.int(o.length + 1); b = Buffer.concat([b.subarray(0, at), o.subarray(s, s + 1 + r.int(256)), b.subarray(at)]); notes.push(`splice@${at}`); break; }
+      case 6: { const o = r.pick(others.length ? others : [input]); const s = r.int(o.length + 1); b = Buffer.concat([b.subarray(0, at), o.subarray(s, s + 1 + r.int(256)), b.subarray(at)]); notes.push(`splice@${at}`); break; }
       case 7: { const n = 1 + r.int(256); b = Buffer.concat([b.subarray(0, at), Buffer.alloc(n, r.int(256)), b.subarray(at)]); notes.push(`insert ${n}@${at}`); break; }
     }
   }
@@ -180,26 +181,13 @@ function mutateSafetensorsHeader(r: Rand, input: Uint8Array): { data: Uint8Array
 
 interface ZipEntryData { name: string; data: Buffer; method: 0 | 8; size: number; crc: number | null }
 
-/** The entries of a zip (central directory order), read without validation beyond the layout. */
+/** The entries of a (valid, seed) zip in central-directory order, decompressed. */
 function readZip(buf: Buffer): ZipEntryData[] {
-  const eocd = buf.lastIndexOf(Buffer.from([0x50, 0x4b, 0x05, 0x06]));
-  let p = buf.readUInt32LE(eocd + 16);
-  const out: ZipEntryData[] = [];
-  for (let i = buf.readUInt16LE(eocd + 10); i > 0; i--) {
-    const method = buf.readUInt16LE(p + 10) as 0 | 8;
-    const csize = buf.readUInt32LE(p + 20);
-    const size = buf.readUInt32LE(p + 24);
-    const nlen = buf.readUInt16LE(p + 28);
-    const elen = buf.readUInt16LE(p + 30);
-    const clen = buf.readUInt16LE(p + 32);
-    const local = buf.readUInt32LE(p + 42);
-    const name = buf.subarray(p + 46, p + 46 + nlen).toString('utf8');
-    const start = local + 30 + buf.readUInt16LE(local + 26) + buf.readUInt16LE(local + 28);
-    const raw = buf.subarray(start, start + csize);
-    out.push({ name, data: method === 8 ? inflateRawSync(raw) : Buffer.from(raw), method: 0, size, crc: null });
-    p += 46 + nlen + elen + clen;
-  }
-  return out;
+  const zip = ZipArchive.fromBuffer(buf);
+  return zip.names.map((name) => {
+    const data = Buffer.from(zip.read(name));
+    return { name, data, method: 0, size: data.length, crc: null };
+  });
 }
 
 let CRC: Uint32Array | undefined;

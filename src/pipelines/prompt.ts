@@ -21,6 +21,12 @@ export class PromptError extends OnewordError {
  */
 export const MAX_EMPHASIS = 1000;
 
+/**
+ * Deepest bracket nesting read. Each open bracket re-weights everything after it, so the
+ * parse costs (text length × depth); 73 levels of "(" already pass MAX_EMPHASIS.
+ */
+export const MAX_BRACKET_DEPTH = 256;
+
 export type PromptFragment = [text: string, weight: number];
 
 /** One text-encoder input: `ids` and per-position emphasis `weights`, both of the model's length (77). */
@@ -100,8 +106,10 @@ export function parsePromptAttention(text: string): PromptFragment[] {
     const tok = m[0];
     const weight = m[1];
     if (tok.startsWith('\\')) res.push([tok.slice(1), 1.0]);
-    else if (tok === '(') round.push(res.length);
-    else if (tok === '[') square.push(res.length);
+    else if (tok === '(' || tok === '[') {
+      (tok === '(' ? round : square).push(res.length);
+      if (round.length + square.length > MAX_BRACKET_DEPTH) throw new PromptError(`prompt: brackets nested more than ${MAX_BRACKET_DEPTH} deep (each "(" multiplies the weight by 1.1)`);
+    }
     else if (weight !== undefined && round.length) multiplyRange(round.pop()!, parseWeight(weight));
     else if (tok === ')' && round.length) multiplyRange(round.pop()!, ROUND);
     else if (tok === ']' && square.length) multiplyRange(square.pop()!, SQUARE);
@@ -116,15 +124,14 @@ export function parsePromptAttention(text: string): PromptFragment[] {
   for (const pos of square) multiplyRange(pos, SQUARE);
   if (res.length === 0) res.push(['', 1.0]);
 
-  for (let i = 0; i + 1 < res.length;) {
-    if (res[i][1] === res[i + 1][1]) {
-      res[i][0] += res[i + 1][0];
-      res.splice(i + 1, 1);
-    } else {
-      i++;
-    }
+  // Adjacent runs of equal weight merge (in one pass: a long prompt has many).
+  const merged: PromptFragment[] = [];
+  for (const f of res) {
+    const last = merged[merged.length - 1];
+    if (last && last[1] === f[1]) last[0] += f[0];
+    else merged.push(f);
   }
-  return res;
+  return merged;
 }
 
 /** The tokens a multi-vector embedding occupies, named as diffusers does: `<cat>`, `<cat>_1`, …. */

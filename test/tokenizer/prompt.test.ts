@@ -224,15 +224,22 @@ test('applyEmphasis: scale rows by weight, then restore the mean of the whole ch
   assert.throws(() => applyEmphasis(new Float32Array(6), [3, 2], [1, 1]), /2 weights for 3 rows/);
 });
 
-test('emphasis weights are bounded: 10,000 nested "(" (weight Infinity) are refused as a usage error, A1111 weights pass', () => {
+test('emphasis is bounded: 10,000 nested "(" (weight Infinity, a black image) are refused as usage errors, A1111 weights pass', () => {
   const tok = CLIPTokenizer.bundled();
-  const deep = `${'('.repeat(10000)}cat`;
-  assert.equal(parsePromptAttention(deep)[0][1], Infinity);
-  assert.throws(() => tokenizeWeighted(tok, deep), (e: unknown) =>
-    e instanceof PromptError && e.usage && /the emphasis on "cat" is Infinity .*weights must be from -1000 to 1000/.test(e.message));
-  assert.throws(() => tokenizeWeighted(tok, `(cat:${'9'.repeat(400)})`), PromptError);
-  assert.throws(() => tokenizeWeighted(tok, '(cat:1001)'), /is 1001/);
+  const refused = (text: string, re: RegExp) => assert.throws(() => tokenizeWeighted(tok, text), (e: unknown) => e instanceof PromptError && e.usage && re.test(e.message));
+  refused(`${'('.repeat(10000)}cat`, /brackets nested more than 256 deep/);
+  refused(`${'('.repeat(80)}cat`, /the emphasis on "cat" is 2048\.\d+ .*weights must be from -1000 to 1000/);
+  refused(`(cat:${'9'.repeat(400)})`, /the emphasis on "cat" is Infinity/);
+  refused('(cat:1001)', /is 1001/);
   // Within the bounds, A1111's own semantics: negative and strong weights, 40 nested brackets.
   assert.equal(tokenizeWeighted(tok, '(cat:-1) (dog:1000)').chunks[0].weights[1], -1);
   assert.ok(Math.abs(tokenizeWeighted(tok, `${'('.repeat(40)}cat`).chunks[0].weights[1] - 1.1 ** 40) < 1e-6);
+});
+
+test('a 2 MB prompt of brackets and escapes parses in linear time', () => {
+  const text = `${'\\( '.repeat(200_000)}${'(a) [b] '.repeat(50_000)}`;
+  const start = performance.now();
+  const parsed = parsePromptAttention(text);
+  assert.ok(parsed.length > 1000);
+  assert.ok(performance.now() - start < 5000, `took ${(performance.now() - start).toFixed(0)} ms`);
 });
