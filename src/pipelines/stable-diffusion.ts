@@ -4,6 +4,7 @@
 import { dirname } from 'node:path';
 import { Graph, type Tensor, type WeightMode } from '../graph/index.ts';
 import { compile, type CompiledGraph, type CompileOptions } from '../runtime/session.ts';
+import { threadsProblem } from '../runtime/threads.ts';
 import { loadCheckpoint, type LoadOptions, type StableDiffusionCheckpoint } from './checkpoint.ts';
 import { CLIPTokenizer } from '../models/clip-tokenizer.ts';
 import { clipTextEncoder } from '../models/clip-text.ts';
@@ -14,6 +15,9 @@ import { OnewordError } from '../errors.ts';
 import { EmbeddingError, loadEmbedding, type LearnedEmbedding } from '../io/embeddings.ts';
 import { embeddingTokenNames } from './prompt.ts';
 import { generate, type GeneratedImage, type GenerateOptions } from './generate.ts';
+
+/** Why a thread count cannot be used (null when it can): the CLI checks its flag before loading. */
+export { threadsProblem };
 
 /** Options of StableDiffusion.load (plus `variant: 'fp16'` and `predictionType` from LoadOptions). */
 export interface SDOptions extends LoadOptions {
@@ -50,6 +54,8 @@ export class StableDiffusion {
 
   /** Loads a diffusers folder or a single-file SD 1.x / 2.x `.safetensors` (nothing is read beyond headers yet). */
   static load(path: string, opts: SDOptions = {}): StableDiffusion {
+    const problem = threadsProblem(opts.threads);
+    if (problem) throw OnewordError.badOption('threads', problem);
     return new StableDiffusion(loadCheckpoint(path, opts), opts);
   }
 
@@ -120,6 +126,10 @@ export class StableDiffusion {
       return existing;
     }
     const names = embeddingTokenNames(token, count);
+    for (const name of names) {
+      const id = this.tokenizer.tokenToId(name);
+      if (id !== undefined) throw OnewordError.badOption('token', `"${name}" already exists in the vocabulary (id ${id}); use a new word such as "<${name.replace(/^<|>$/g, '')}>"`);
+    }
     const ids = this.tokenizer.addTokens(names);
     const t: LearnedToken = { token, vectors: Float32Array.from(vectors), count, ids };
     this.learned.set(token, t);
