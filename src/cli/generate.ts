@@ -2,13 +2,13 @@
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { a1111ShortHash, formatA1111Parameters, savePng } from '../io/images.ts';
-import { describeSamplers } from '../schedulers/index.ts';
+import { describeSamplers, SAMPLER_INFOTEXT, type SamplerName } from '../schedulers/index.ts';
 import { checkGenerateOptions, checkGenerateValues, type GenerateOptions } from '../pipelines/generate.ts';
 import { makeFolder, outputFolderProblem } from '../io/output-folder.ts';
 import { OnewordError } from '../errors.ts';
 import { StableDiffusion, threadsProblem } from '../pipelines/stable-diffusion.ts';
 import { parseArgs, UsageError } from './args.ts';
-import { Progress, type ProgressMode } from './progress.ts';
+import { Progress, reportWarnings, type ProgressMode } from './progress.ts';
 import { DEFAULT_MODEL, modelName } from './defaults.ts';
 
 export const GENERATE_HELP = `Usage: oneword generate --prompt "…" [options]
@@ -81,10 +81,6 @@ function nextIndex(dir: string): number {
   return max + 1;
 }
 
-const SAMPLER_INFOTEXT: Record<string, string> = {
-  ddim: 'DDIM', pndm: 'PLMS', euler: 'Euler', 'euler-karras': 'Euler Karras', 'euler-a': 'Euler a',
-  dpmpp2m: 'DPM++ 2M', 'dpmpp2m-karras': 'DPM++ 2M Karras',
-};
 
 export async function generateCommand(argv: string[]): Promise<number> {
   const { flags, positional } = parseArgs(argv, {
@@ -121,6 +117,7 @@ export async function generateCommand(argv: string[]): Promise<number> {
   };
   checkGenerateValues(given);
   const sd = StableDiffusion.load(modelPath, { threads, config: flags.config as string | undefined });
+  reportWarnings(mode, sd.ckpt.warnings);
   const tiHashes = loadEmbeddingsInto(sd, embeddings);
   const opts = checkGenerateOptions(sd, given);
   const progress = new Progress(mode, 'generate', opts.count * opts.steps);
@@ -131,7 +128,7 @@ export async function generateCommand(argv: string[]): Promise<number> {
   const written: string[] = [];
   for (const img of images) {
     const parameters = formatA1111Parameters({
-      prompt: opts.prompt, negativePrompt: opts.negativePrompt, steps: opts.steps, sampler: SAMPLER_INFOTEXT[opts.sampler] ?? opts.sampler,
+      prompt: opts.prompt, negativePrompt: opts.negativePrompt, steps: opts.steps, sampler: SAMPLER_INFOTEXT[opts.sampler as SamplerName] ?? opts.sampler,
       cfgScale: opts.guidance, seed: img.seed, width: img.width, height: img.height, model: modelName(modelPath),
       tiHashes: Object.keys(tiHashes).length ? tiHashes : undefined, extra: { Version: 'oneword' },
     });

@@ -7,7 +7,7 @@ import { checkRunFolder } from '../pipelines/run-files.ts';
 import { trainTextualInversion, type TextualInversionOptions } from '../pipelines/train-textual-inversion.ts';
 import { parseArgs, UsageError, type FlagSpec } from './args.ts';
 import { DEFAULT_MODEL } from './defaults.ts';
-import { Progress, type ProgressMode } from './progress.ts';
+import { Progress, reportWarnings, type ProgressMode } from './progress.ts';
 
 export const TRAIN_HELP = `Usage: oneword train --images DIR --token "<name>" --init "word" [options]
 
@@ -118,6 +118,7 @@ export async function trainCommand(argv: string[]): Promise<number> {
   modelPath ??= DEFAULT_MODEL;
   if (!existsSync(modelPath)) throw new UsageError(`--model ${modelPath}: no such file or folder`);
   const sd = StableDiffusion.load(modelPath, { threads, config: f.config as string | undefined });
+  reportWarnings(mode, sd.ckpt.warnings);
 
   const log = (s: string) => mode === 'bar' && process.stderr.write(`${s}\n`);
   const steps = opts.steps ?? TRAIN_DEFAULTS.steps;
