@@ -12,7 +12,7 @@ import { unet2DCondition } from '../models/unet.ts';
 import { vaeDecode, vaeEncode } from '../models/vae.ts';
 import { Params } from '../models/params.ts';
 import { OnewordError } from '../errors.ts';
-import { EmbeddingError, loadEmbedding, type LearnedEmbedding } from '../io/embeddings.ts';
+import { EmbeddingError, embeddingWidthProblem, loadEmbedding, type LearnedEmbedding } from '../io/embeddings.ts';
 import { embeddingTokenNames } from './prompt.ts';
 import { generate, type GeneratedImage, type GenerateOptions } from './generate.ts';
 
@@ -72,6 +72,9 @@ export class StableDiffusion {
   loadTextualInversion(source: string | LearnedEmbedding, opts: { token?: string } = {}): LearnedToken {
     const e = typeof source === 'string' ? loadEmbedding(source, opts) : { ...source, token: opts.token ?? source.token };
     const where = typeof source === 'string' ? source : `embedding "${e.token}"`;
+    // SDXL words (clip_l + clip_g) read fine now; clip_l alone must not pass for an SD 1.x word.
+    const sdxlProblem = e.vectors2 ? embeddingWidthProblem(e, { dim: this.hiddenSize }) : null;
+    if (sdxlProblem) throw new EmbeddingError(where, sdxlProblem, { usage: true });
     if (e.dim !== this.hiddenSize || e.vectors.length !== e.count * e.dim) {
       throw new EmbeddingError(where, `the embedding has ${e.vectors.length / e.count}-dimensional vectors but this model's text encoder uses ${this.hiddenSize} (SD 1.x: 768, SD 2.x: 1024)`, { usage: true });
     }
