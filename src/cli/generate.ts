@@ -1,12 +1,14 @@
 // `oneword generate`: text-to-image with optional learned embeddings; PNGs carry A1111 infotext.
-import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { a1111ShortHash, formatA1111Parameters, savePng } from '../io/images.ts';
-import { describeSamplers } from '../schedulers/index.ts';
-import { checkGenerateOptions } from '../pipelines/generate.ts';
-import { StableDiffusion } from '../pipelines/stable-diffusion.ts';
+import { describeSamplers, SAMPLER_INFOTEXT, type SamplerName } from '../schedulers/index.ts';
+import { checkGenerateOptions, checkGenerateValues, type GenerateOptions } from '../pipelines/generate.ts';
+import { makeFolder, outputFolderProblem } from '../io/output-folder.ts';
+import { OnewordError } from '../errors.ts';
+import { StableDiffusion, threadsProblem } from '../pipelines/stable-diffusion.ts';
 import { parseArgs, UsageError } from './args.ts';
-import { Progress, type ProgressMode } from './progress.ts';
+import { Progress, reportWarnings, type ProgressMode } from './progress.ts';
 import { DEFAULT_MODEL, modelName } from './defaults.ts';
 
 export const GENERATE_HELP = `Usage: oneword generate --prompt "…" [options]
@@ -16,6 +18,7 @@ Options:
   --config DIR          for a single file: a diffusers folder whose */config.json describe it
                         (non-standard heads or resolution; as diffusers' from_single_file(config=))
   --prompt TEXT         the prompt; A1111 syntax: (word:1.2), (word), [word], BREAK; any length
+                        (emphasis weights from -1000 to 1000)
   --negative TEXT       negative prompt (default: empty)
   --steps N             sampling steps (default 30)
   --cfg X               classifier-free guidance scale (default 7.5; 1 = no guidance)
@@ -23,12 +26,12 @@ Options:
 ${describeSamplers().replace(/^/gm, '    ')}
   --eta X               DDIM noise (ddim only; default 0)
   --seed N              seed of the first image; image i uses seed + i (default 42)
-  --width N, --height N image size, a multiple of the VAE factor (default: the model's native size)
+  --width N, --height N image size up to 8192, a multiple of the VAE factor (default: the model's native size)
   --count N             number of images (default 1)
   --embedding FILE      load a textual-inversion embedding (repeatable); FILE:TOKEN sets its prompt word
                         (default: the file name). diffusers, A1111/kohya .safetensors and .pt/.bin files
   --out DIR             output folder (default outputs)
-  --threads N           CPU threads (default: all cores)
+  --threads N           CPU threads, 1 to the number of cores (default: all cores)
   --progress MODE       bar | json | quiet (default bar);  --quiet = --progress quiet
 `;
 
@@ -42,12 +45,28 @@ function splitEmbeddingArg(arg: string): [string, string | undefined] {
   return [arg.slice(0, i), arg.slice(i + 1)];
 }
 
+/** Checks each --embedding before a model is loaded: the file is there, the token is one word. */
+function checkEmbeddingArgs(args: string[]): void {
+  for (const a of args) {
+    const [file, token] = splitEmbeddingArg(a);
+    if (!existsSync(file) || !statSync(file).isFile()) throw new UsageError(`--embedding ${file}: no such file`);
+    if (token !== undefined && (!/\S/.test(token) || /\s/.test(token))) throw new UsageError(`--embedding ${a}: the token must be one word without spaces, got "${token}"`);
+  }
+}
+
 /** Loads each --embedding into the model; returns A1111's short hash per token (for the infotext). */
 export function loadEmbeddingsInto(sd: StableDiffusion, args: string[]): Record<string, string> {
   const hashes: Record<string, string> = {};
   for (const a of args) {
     const [file, token] = splitEmbeddingArg(a);
-    const learned = sd.loadTextualInversion(file, { token });
+    let learned;
+    try {
+      learned = sd.loadTextualInversion(file, { token });
+    } catch (e) {
+      // A token clash is the caller's choice of word: name the flag that chose it.
+      if (e instanceof OnewordError && e.usage && e.option === 'token') throw new UsageError(`--embedding ${a}: ${e.problem}`);
+      throw e;
+    }
     hashes[learned.token] = a1111ShortHash(file, 12);
   }
   return hashes;
@@ -62,10 +81,6 @@ function nextIndex(dir: string): number {
   return max + 1;
 }
 
-const SAMPLER_INFOTEXT: Record<string, string> = {
-  ddim: 'DDIM', pndm: 'PLMS', euler: 'Euler', 'euler-karras': 'Euler Karras', 'euler-a': 'Euler a',
-  dpmpp2m: 'DPM++ 2M', 'dpmpp2m-karras': 'DPM++ 2M Karras',
-};
 
 export async function generateCommand(argv: string[]): Promise<number> {
   const { flags, positional } = parseArgs(argv, {
@@ -83,24 +98,37 @@ export async function generateCommand(argv: string[]): Promise<number> {
   if (flags.prompt === undefined) throw new UsageError('generate needs --prompt');
   const mode = (flags.quiet ? 'quiet' : (flags.progress as string | undefined) ?? 'bar') as ProgressMode;
   if (!['bar', 'json', 'quiet'].includes(mode)) throw new UsageError(`--progress must be bar, json or quiet, got "${mode}"`);
+  // Everything the user typed is checked before a model is loaded.
+  const threads = flags.threads as number | undefined;
+  const threadsBad = threadsProblem(threads);
+  if (threadsBad) throw new UsageError(`--threads ${threadsBad}`);
   const modelPath = (flags.model as string | undefined) ?? DEFAULT_MODEL;
-  const sd = StableDiffusion.load(modelPath, { threads: flags.threads as number | undefined, config: flags.config as string | undefined });
-  const tiHashes = loadEmbeddingsInto(sd, (flags.embedding as string[] | undefined) ?? []);
-  const opts = checkGenerateOptions(sd, {
+  if (!existsSync(modelPath)) throw new UsageError(`--model ${modelPath}: no such file or folder`);
+  const embeddings = (flags.embedding as string[] | undefined) ?? [];
+  checkEmbeddingArgs(embeddings);
+  const out = (flags.out as string | undefined) ?? 'outputs';
+  const outBad = outputFolderProblem(out);
+  if (outBad) throw new UsageError(`--out ${outBad}`);
+  const given: GenerateOptions = {
     prompt: String(flags.prompt), negativePrompt: flags.negative as string | undefined, steps: flags.steps as number | undefined,
     guidance: flags.cfg as number | undefined, sampler: flags.scheduler as string | undefined, seed: flags.seed as number | undefined,
     width: flags.width as number | undefined, height: flags.height as number | undefined, count: flags.count as number | undefined,
     eta: flags.eta as number | undefined,
-  });
-  const out = (flags.out as string | undefined) ?? 'outputs';
-  mkdirSync(out, { recursive: true });
+  };
+  checkGenerateValues(given);
+  const sd = StableDiffusion.load(modelPath, { threads, config: flags.config as string | undefined });
+  reportWarnings(mode, sd.ckpt.warnings);
+  const tiHashes = loadEmbeddingsInto(sd, embeddings);
+  const opts = checkGenerateOptions(sd, given);
   const progress = new Progress(mode, 'generate', opts.count * opts.steps);
   const images = await sd.generate({ ...opts, onStep: (i, s) => progress.update(i * opts.steps + s, { image: i + 1 }) });
+  // Made only now: a run that fails leaves no empty folder behind.
+  makeFolder(out);
   let index = nextIndex(out);
   const written: string[] = [];
   for (const img of images) {
     const parameters = formatA1111Parameters({
-      prompt: opts.prompt, negativePrompt: opts.negativePrompt, steps: opts.steps, sampler: SAMPLER_INFOTEXT[opts.sampler] ?? opts.sampler,
+      prompt: opts.prompt, negativePrompt: opts.negativePrompt, steps: opts.steps, sampler: SAMPLER_INFOTEXT[opts.sampler as SamplerName] ?? opts.sampler,
       cfgScale: opts.guidance, seed: img.seed, width: img.width, height: img.height, model: modelName(modelPath),
       tiHashes: Object.keys(tiHashes).length ? tiHashes : undefined, extra: { Version: 'oneword' },
     });

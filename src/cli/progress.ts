@@ -42,6 +42,18 @@ function round(v: number): number {
   return Number(v.toPrecision(4));
 }
 
+/**
+ * The loader's warnings (an assumed prediction type, ignored tensors, a missing fp16
+ * variant…): on stderr as "warning: …" lines, as `warning` events in JSON mode; never
+ * hidden except by --quiet.
+ */
+export function reportWarnings(mode: ProgressMode, warnings: readonly string[]): void {
+  for (const w of warnings) {
+    if (mode === 'json') process.stdout.write(`${JSON.stringify({ event: 'warning', message: w })}\n`);
+    else if (mode === 'bar') process.stderr.write(`warning: ${w}\n`);
+  }
+}
+
 export function fmtTime(s: number): string {
   if (!Number.isFinite(s)) return '?';
   const m = Math.floor(s / 60);

@@ -1,12 +1,13 @@
 // `oneword train`: learn a new word from a few images (textual inversion).
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { defaultSize } from '../pipelines/generate.ts';
-import { StableDiffusion } from '../pipelines/stable-diffusion.ts';
-import { savedOptions, TRAIN_DEFAULTS } from '../pipelines/textual-inversion.ts';
+import { StableDiffusion, threadsProblem } from '../pipelines/stable-diffusion.ts';
+import { checkTrainValues, savedModel, savedOptions, TRAIN_DEFAULTS, type TrainValues } from '../pipelines/textual-inversion.ts';
+import { checkRunFolder } from '../pipelines/run-files.ts';
 import { trainTextualInversion, type TextualInversionOptions } from '../pipelines/train-textual-inversion.ts';
 import { parseArgs, UsageError, type FlagSpec } from './args.ts';
 import { DEFAULT_MODEL } from './defaults.ts';
-import { Progress, type ProgressMode } from './progress.ts';
+import { Progress, reportWarnings, type ProgressMode } from './progress.ts';
 
 export const TRAIN_HELP = `Usage: oneword train --images DIR --token "<name>" --init "word" [options]
 
@@ -18,7 +19,8 @@ Options (defaults as diffusers' textual_inversion.py unless noted):
   --config DIR          for a single file: a diffusers folder whose */config.json describe it
                         (non-standard heads or resolution; as diffusers' from_single_file(config=))
   --images DIR          3–5 (or more) .jpg/.png/.webp images of the concept
-  --token NAME          the new word, e.g. "<my-cat>" (must not exist in the vocabulary)
+  --token NAME          the new word, e.g. "<my-cat>" (must not exist in the vocabulary; it names
+                        the <name>.safetensors file, so no / \\ : * ? " < > | inside)
   --init TEXT           a coarse description to start from, e.g. "cat"; a phrase initialises
                         the vectors token by token, cycling
   --init-mode MODE      tokens | encoder (default tokens): start from the init phrase's token
@@ -57,16 +59,21 @@ Options (defaults as diffusers' textual_inversion.py unless noted):
   --save-every N        checkpoint every N steps (default 500; 0 = only at the end)
   --preview-every N     generate the preview prompt every N steps (default 0 = off)
   --preview-prompt TEXT default "a photo of {token}" (style: "a painting in the style of {token}")
-  --resume DIR          continue a run from DIR/train-state.safetensors (same images; --steps may
-                        grow; --stop fixed continues a run that stopped early)
-  --out DIR             output folder (default outputs/ti-<name>)
-  --threads N           CPU threads (default: all cores)
+  --resume DIR          continue a run from DIR/train-state.safetensors with its saved options
+                        and model (same images; only --steps, --out and --stop may change;
+                        --stop fixed continues a run that stopped early)
+  --out DIR             output folder (default outputs/ti-<name>); a folder that already holds
+                        a run is refused: pass --resume DIR to continue it, or another --out.
+                        A lock file (.oneword.lock) keeps a second run out while this one trains
+  --threads N           CPU threads, 1 to the number of cores (default: all cores)
   --progress MODE       bar | json | quiet (default bar);  --quiet = --progress quiet
 
 Writes learned_embeds.safetensors (diffusers) and <name>.safetensors (AUTOMATIC1111 /
-ComfyUI), train-log.jsonl and train-state.safetensors; Ctrl-C saves a checkpoint first.
-Every saved step records its deterministic loss (train-log.jsonl "eval_loss" and the files'
-metadata), and the run ends naming the step it recommends and why.
+ComfyUI), train-log.jsonl and train-state.safetensors. Ctrl-C or SIGTERM saves a checkpoint and stops
+(press it twice to quit without saving). A step whose loss, gradient or update is not finite
+stops the run with an error; the last checkpoint stays as it was. Every saved step records its
+deterministic loss (train-log.jsonl "eval_loss" and the files' metadata), and the run ends
+naming the step it recommends and why.
 `;
 
 const SPEC: Record<string, FlagSpec> = {
@@ -81,6 +88,11 @@ const SPEC: Record<string, FlagSpec> = {
   threads: { type: 'number' }, progress: { type: 'string' }, quiet: { type: 'boolean', alias: 'q' }, help: { type: 'boolean', alias: 'h' },
 };
 
+/** Flags a resumed run may set; the others are saved with the run and cannot change. */
+const RESUME_FLAGS = new Set([
+  'model', 'config', 'resume', 'steps', 'out', 'stop', 'threads', 'progress', 'quiet', 'help', 'preview-every', 'preview-prompt',
+]);
+
 export async function trainCommand(argv: string[]): Promise<number> {
   const { flags: f, positional } = parseArgs(argv, SPEC);
   if (f.help) {
@@ -90,51 +102,38 @@ export async function trainCommand(argv: string[]): Promise<number> {
   if (positional.length) throw new UsageError(`unexpected argument "${positional[0]}"`);
   const mode = (f.quiet ? 'quiet' : (f.progress as string | undefined) ?? 'bar') as ProgressMode;
   if (!['bar', 'json', 'quiet'].includes(mode)) throw new UsageError(`--progress must be bar, json or quiet, got "${mode}"`);
+  const threads = f.threads as number | undefined;
+  const threadsBad = threadsProblem(threads);
+  if (threadsBad) throw new UsageError(`--threads ${threadsBad}`);
   const resume = f.resume as string | undefined;
-  const modelPath = (f.model as string | undefined) ?? DEFAULT_MODEL;
-  const sd = StableDiffusion.load(modelPath, { threads: f.threads as number | undefined, config: f.config as string | undefined });
+  let modelPath = f.model as string | undefined;
 
-  let opts: TextualInversionOptions;
-  if (resume) {
-    // A resumed run keeps its options; only the step count and the output folder may change.
-    const { images, ...saved } = savedOptions(resume);
-    if (images === null) throw new UsageError(`${resume} was trained from images in memory; resume it from the library with the same images`);
-    opts = { ...saved, images, steps: (f.steps as number | undefined) ?? saved.steps, out: (f.out as string | undefined) ?? resume, resume };
-    if (f.stop !== undefined) opts.stop = f.stop as TextualInversionOptions['stop'];
-  } else {
-    for (const k of ['images', 'token', 'init'] as const) if (f[k] === undefined) throw new UsageError(`train needs --${k}`);
-    const token = String(f.token);
-    const lrFlag = f.lr as string | undefined;
-    const lr = lrFlag === undefined ? undefined : /[:,]/.test(lrFlag) ? lrFlag : Number(lrFlag);
-    if (typeof lr === 'number' && !Number.isFinite(lr)) throw new UsageError(`--lr needs a number or an A1111 schedule, got "${lrFlag}"`);
-    opts = {
-      images: String(f.images),
-      token,
-      init: String(f.init),
-      out: (f.out as string | undefined) ?? join('outputs', `ti-${token.replace(/^<|>$/g, '').replace(/[^\w.-]+/g, '_')}`),
-      lr,
-      ...pick(f, {
-        vectors: 'vectors', what: 'what', templateFile: 'template-file', resolution: 'resolution', centerCrop: 'center-crop',
-        flipP: 'flip-p', steps: 'steps', scaleLr: 'scale-lr', batch: 'batch', gradAccum: 'grad-accum', lrSchedule: 'lr-schedule',
-        lrWarmup: 'lr-warmup', maxGradNorm: 'max-grad-norm', seed: 'seed', saveEvery: 'save-every',
-        stop: 'stop', stopWindow: 'stop-window', stopEps: 'stop-eps', evalEvery: 'eval-every', keep: 'keep', initMode: 'init-mode', initPull: 'init-pull',
-      }),
-    };
-  }
+  const { opts, model } = resume ? resumedOptions(f, resume) : newRunOptions(f);
+  modelPath ??= model;
+
+  // Everything the user typed is checked before a model is loaded; the token and the output
+  // folder first, as they decide which files are written.
+  checkTrainValues({ ...TRAIN_DEFAULTS, ...defined(opts) } as TrainValues);
+  checkRunFolder(opts.out!, opts.token, resume);
+  modelPath ??= DEFAULT_MODEL;
+  if (!existsSync(modelPath)) throw new UsageError(`--model ${modelPath}: no such file or folder`);
+  const sd = StableDiffusion.load(modelPath, { threads, config: f.config as string | undefined });
+  reportWarnings(mode, sd.ckpt.warnings);
 
   const log = (s: string) => mode === 'bar' && process.stderr.write(`${s}\n`);
   const steps = opts.steps ?? TRAIN_DEFAULTS.steps;
-  const vectors = opts.vectors ?? TRAIN_DEFAULTS.vectors;
-  const until = opts.stop === 'auto' ? `up to ${steps} steps (stop auto)` : `${steps} steps`;
-  log(`oneword train: ${opts.token} ← "${opts.init}" (${vectors} vector${vectors > 1 ? 's' : ''}), ${until} at ${opts.resolution ?? defaultSize(sd)}px, out ${opts.out}${resume ? `, resuming ${resume}` : ''}`);
   const progress = new Progress(mode, 'train', steps);
+  // Ctrl-C and SIGTERM (a scheduler or `kill`) both stop at the next step with a checkpoint.
   const stop = new AbortController();
-  const onSigint = () => {
-    if (stop.signal.aborted) process.exit(130);
-    log('\nstopping: saving a checkpoint (Ctrl-C again to quit without saving)…');
+  let stoppedBy: NodeJS.Signals | undefined;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stop.signal.aborted) process.exit(signal === 'SIGTERM' ? 143 : 130);
+    stoppedBy = signal;
+    log(`\nstopping: saving a checkpoint (${signal === 'SIGINT' ? 'Ctrl-C' : signal} again to quit without saving)…`);
     stop.abort();
   };
-  process.on('SIGINT', onSigint);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   let run;
   let evalLoss: number | undefined;
   try {
@@ -144,6 +143,10 @@ export async function trainCommand(argv: string[]): Promise<number> {
       previewPrompt: f['preview-prompt'] as string | undefined,
       measureFixedLoss: true,
       signal: stop.signal,
+      onStart: (r) => {
+        const until = opts.stop === 'auto' ? `up to ${r.steps} steps (stop auto)` : `${r.steps} steps`;
+        log(`oneword train: ${opts.token} ← "${opts.init}" (${r.vectors} vector${r.vectors > 1 ? 's' : ''}), ${until} at ${r.resolution}px, out ${opts.out}${resume ? `, resuming ${resume} at step ${r.step}` : ''}`);
+      },
       onStep: (l, running) => {
         evalLoss = l.eval_loss ?? evalLoss;
         progress.update(l.step, { loss: running, ...(evalLoss === undefined ? {} : { eval_loss: evalLoss }), lr: l.lr });
@@ -154,9 +157,10 @@ export async function trainCommand(argv: string[]): Promise<number> {
       onPreview: ({ file }) => file && log(`preview: ${file}`),
     });
   } finally {
-    process.off('SIGINT', onSigint);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
   }
-  if (run.stopped) return 130;
+  if (run.stopped) return stoppedBy === 'SIGTERM' ? 143 : 130;
   const { before, after } = run.fixedLoss!;
   const rec = run.recommended;
   const summary = {
@@ -176,4 +180,48 @@ function pick(flags: Record<string, unknown>, map: Record<string, string>): Reco
   const out: Record<string, unknown> = {};
   for (const [k, flag] of Object.entries(map)) if (flags[flag] !== undefined) out[k] = flags[flag];
   return out;
+}
+
+type Flags = Record<string, unknown>;
+
+/** A resumed run keeps its options (and model); only the step count, the output folder and the stopping rule may change. */
+function resumedOptions(f: Flags, resume: string): { opts: TextualInversionOptions; model?: string } {
+  const fixed = Object.keys(f).find((k) => !RESUME_FLAGS.has(k));
+  if (fixed) throw new UsageError(`--${fixed} cannot be combined with --resume: a resumed run keeps the options it was started with`);
+  const { images, ...saved } = savedOptions(resume);
+  if (images === null) throw new UsageError(`${resume} was trained from images in memory; resume it from the library with the same images`);
+  const opts: TextualInversionOptions = { ...saved, images, steps: (f.steps as number | undefined) ?? saved.steps, out: (f.out as string | undefined) ?? resume, resume };
+  if (f.stop !== undefined) opts.stop = f.stop as TextualInversionOptions['stop'];
+  if (f.model !== undefined) return { opts };
+  const model = savedModel(resume);
+  if (model === undefined) throw new UsageError(`${resume} does not record its model; pass --model (the model it was trained on)`);
+  if (!existsSync(model)) throw new UsageError(`${resume} was trained on ${model}, which is not there any more; pass --model`);
+  return { opts, model };
+}
+
+/** The options of a new run, from its flags. */
+function newRunOptions(f: Flags): { opts: TextualInversionOptions; model?: string } {
+  for (const k of ['images', 'token', 'init'] as const) if (f[k] === undefined) throw new UsageError(`train needs --${k}`);
+  const token = String(f.token);
+  const lrFlag = f.lr as string | undefined;
+  const opts: TextualInversionOptions = {
+    images: String(f.images),
+    token,
+    init: String(f.init),
+    out: (f.out as string | undefined) ?? join('outputs', `ti-${token.replace(/^<|>$/g, '').replace(/[^\w.-]+/g, '_')}`),
+    // A number stays a number (scale-lr multiplies it); anything else keeps its text for the error.
+    lr: lrFlag === undefined || /[:,]/.test(lrFlag) || !Number.isFinite(Number(lrFlag)) ? lrFlag : Number(lrFlag),
+    ...pick(f, {
+      vectors: 'vectors', what: 'what', templateFile: 'template-file', resolution: 'resolution', centerCrop: 'center-crop',
+      flipP: 'flip-p', steps: 'steps', scaleLr: 'scale-lr', batch: 'batch', gradAccum: 'grad-accum', lrSchedule: 'lr-schedule',
+      lrWarmup: 'lr-warmup', maxGradNorm: 'max-grad-norm', seed: 'seed', saveEvery: 'save-every',
+      stop: 'stop', stopWindow: 'stop-window', stopEps: 'stop-eps', evalEvery: 'eval-every', keep: 'keep', initMode: 'init-mode', initPull: 'init-pull',
+    }),
+  };
+  return { opts };
+}
+
+/** The entries of `o` that are set (undefined ones would hide the defaults they are spread over). */
+function defined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 }

@@ -57,10 +57,42 @@ export function defaultSize(sd: StableDiffusion): number {
   return (sd.ckpt.unetConfig.sample_size ?? 64) * sd.vaeFactor;
 }
 
-export function checkGenerateOptions(sd: StableDiffusion, o: GenerateOptions): Required<Omit<GenerateOptions, 'onStep' | 'eta'>> & { eta?: number } {
+/** Upper bounds: a typo (--width 100000) fails here instead of as a 40 GB allocation. */
+export const GENERATE_LIMITS = { steps: 10_000, count: 10_000, size: 8192 } as const;
+
+/**
+ * Checks every option that does not need the model (the CLI runs it before loading one);
+ * checkGenerateOptions adds the model's own checks.
+ */
+export function checkGenerateValues(o: GenerateOptions): void {
   // A misspelt option must not silently fall back to its default.
   for (const k of Object.keys(o)) if (!KNOWN_OPTIONS.has(k)) throw new GenerateError(`unknown option "${k}"`, { usage: true });
-  if (typeof o.prompt !== 'string') throw GenerateError.badOption('prompt', 'is required (a string)');
+  const bad = (option: string, problem: string) => GenerateError.badOption(option, problem);
+  if (typeof o.prompt !== 'string') throw bad('prompt', 'is required (a string)');
+  if (o.negativePrompt !== undefined && typeof o.negativePrompt !== 'string') throw bad('negativePrompt', 'must be a string');
+  const whole = (k: 'steps' | 'count', v: unknown) => {
+    if (v !== undefined && (!Number.isInteger(v) || (v as number) < 1 || (v as number) > GENERATE_LIMITS[k])) throw bad(k, `must be a whole number from 1 to ${GENERATE_LIMITS[k]}, got ${v}`);
+  };
+  whole('steps', o.steps);
+  whole('count', o.count);
+  if (o.guidance !== undefined && !(o.guidance >= 0 && o.guidance < Infinity)) throw bad('guidance', `must be ≥ 0, got ${o.guidance}`);
+  const lastSeed = Number.MAX_SAFE_INTEGER - ((o.count ?? 1) - 1);
+  if (o.seed !== undefined && (!Number.isSafeInteger(o.seed) || o.seed < 0 || o.seed > lastSeed)) {
+    throw bad('seed', `must be a whole number from 0 to ${lastSeed}, got ${o.seed}`);
+  }
+  for (const k of ['width', 'height'] as const) {
+    const v = o[k];
+    if (v !== undefined && (!Number.isInteger(v) || v < 1 || v > GENERATE_LIMITS.size)) throw bad(k, `must be a whole number from 1 to ${GENERATE_LIMITS.size}, got ${v}`);
+  }
+  if (o.sampler !== undefined && !(o.sampler in SAMPLERS)) throw bad('sampler', `must be one of ${Object.keys(SAMPLERS).join(', ')}, got "${o.sampler}"`);
+  if (o.eta !== undefined) {
+    if (!(o.eta >= 0 && o.eta < Infinity)) throw bad('eta', `must be a number ≥ 0, got ${o.eta}`);
+    if (o.sampler === undefined || SAMPLERS[o.sampler as SamplerName].kind !== 'ddim') throw bad('eta', 'applies to the ddim sampler only');
+  }
+}
+
+export function checkGenerateOptions(sd: StableDiffusion, o: GenerateOptions): Required<Omit<GenerateOptions, 'onStep' | 'eta'>> & { eta?: number } {
+  checkGenerateValues(o);
   const size = defaultSize(sd);
   const r = {
     prompt: o.prompt,
@@ -76,17 +108,18 @@ export function checkGenerateOptions(sd: StableDiffusion, o: GenerateOptions): R
   };
   const f = sd.vaeFactor;
   const bad = (option: string, problem: string) => GenerateError.badOption(option, problem);
-  if (!Number.isInteger(r.steps) || r.steps < 1) throw bad('steps', `must be a positive whole number, got ${r.steps}`);
-  if (!Number.isInteger(r.count) || r.count < 1) throw bad('count', `must be a positive whole number, got ${r.count}`);
-  if (!(r.guidance >= 0)) throw bad('guidance', `must be ≥ 0, got ${r.guidance}`);
-  if (!Number.isInteger(r.seed) || r.seed < 0) throw bad('seed', `must be a whole number ≥ 0, got ${r.seed}`);
   for (const [k, v] of [['width', r.width], ['height', r.height]] as const) {
-    if (!Number.isInteger(v) || v <= 0 || v % f !== 0) {
-      throw bad(k, `must be a positive multiple of ${f} (this model's VAE downscales by ${f}), got ${v}`);
-    }
+    if (v % f !== 0) throw bad(k, `must be a positive multiple of ${f} (this model's VAE downscales by ${f}), got ${v}`);
   }
-  if (!(r.sampler in SAMPLERS)) throw bad('sampler', `must be one of ${Object.keys(SAMPLERS).join(', ')}, got "${r.sampler}"`);
-  if (r.eta !== undefined && SAMPLERS[r.sampler as SamplerName].kind !== 'ddim') throw bad('eta', 'applies to the ddim sampler only');
+  // Samplers on the training grid (ddim, pndm) cannot take more steps than the model has timesteps.
+  try {
+    createSampler(r.sampler as SamplerName, sd.ckpt.schedulerConfig).setTimesteps(r.steps);
+  } catch (e) {
+    if (/num_inference_steps/.test((e as Error).message)) {
+      throw bad('steps', `must be at most ${sd.ckpt.schedulerConfig.num_train_timesteps ?? 1000} for the ${r.sampler} sampler (this model's training timesteps), got ${r.steps}`);
+    }
+    throw e;
+  }
   return r;
 }
 

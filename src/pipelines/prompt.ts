@@ -5,6 +5,27 @@
 //   emphasis applied to the encoder output: scale each token's row by its weight, then rescale
 //   the whole chunk so its mean is what it was (A1111's "Original" emphasis).
 import type { CLIPTokenizer } from '../models/clip-tokenizer.ts';
+import { OnewordError } from '../errors.ts';
+
+/** A prompt that cannot be encoded as written: the caller's text to fix (a usage error). */
+export class PromptError extends OnewordError {
+  override name = 'PromptError';
+  constructor(message: string) {
+    super(message, { usage: true });
+  }
+}
+
+/**
+ * Largest emphasis weight, either sign. A1111 multiplies without limit, so 10,000 nested "("
+ * reach Infinity and decode to a black image; no useful weight comes near this.
+ */
+export const MAX_EMPHASIS = 1000;
+
+/**
+ * Deepest bracket nesting read. Each open bracket re-weights everything after it, so the
+ * parse costs (text length × depth); 73 levels of "(" already pass MAX_EMPHASIS.
+ */
+export const MAX_BRACKET_DEPTH = 256;
 
 export type PromptFragment = [text: string, weight: number];
 
@@ -62,7 +83,7 @@ function digitValue(ch: string): number {
 function parseWeight(s: string): number {
   const ascii = s.replace(/\p{Nd}/gu, (d) => String(digitValue(d)));
   if (!/^[+-]?(?:\d+\.?\d*|\.\d+)$/.test(ascii)) {
-    throw new Error(`prompt: cannot read the weight "${s}" in "(…:${s})"; write a number such as 1.2 or .8`);
+    throw new PromptError(`prompt: cannot read the weight "${s}" in "(…:${s})"; write a number such as 1.2 or .8`);
   }
   return Number(ascii);
 }
@@ -85,8 +106,10 @@ export function parsePromptAttention(text: string): PromptFragment[] {
     const tok = m[0];
     const weight = m[1];
     if (tok.startsWith('\\')) res.push([tok.slice(1), 1.0]);
-    else if (tok === '(') round.push(res.length);
-    else if (tok === '[') square.push(res.length);
+    else if (tok === '(' || tok === '[') {
+      (tok === '(' ? round : square).push(res.length);
+      if (round.length + square.length > MAX_BRACKET_DEPTH) throw new PromptError(`prompt: brackets nested more than ${MAX_BRACKET_DEPTH} deep (each "(" multiplies the weight by 1.1)`);
+    }
     else if (weight !== undefined && round.length) multiplyRange(round.pop()!, parseWeight(weight));
     else if (tok === ')' && round.length) multiplyRange(round.pop()!, ROUND);
     else if (tok === ']' && square.length) multiplyRange(square.pop()!, SQUARE);
@@ -101,15 +124,14 @@ export function parsePromptAttention(text: string): PromptFragment[] {
   for (const pos of square) multiplyRange(pos, SQUARE);
   if (res.length === 0) res.push(['', 1.0]);
 
-  for (let i = 0; i + 1 < res.length;) {
-    if (res[i][1] === res[i + 1][1]) {
-      res[i][0] += res[i + 1][0];
-      res.splice(i + 1, 1);
-    } else {
-      i++;
-    }
+  // Adjacent runs of equal weight merge (in one pass: a long prompt has many).
+  const merged: PromptFragment[] = [];
+  for (const f of res) {
+    const last = merged[merged.length - 1];
+    if (last && last[1] === f[1]) last[0] += f[0];
+    else merged.push(f);
   }
-  return res;
+  return merged;
 }
 
 /** The tokens a multi-vector embedding occupies, named as diffusers does: `<cat>`, `<cat>_1`, …. */
@@ -148,6 +170,12 @@ export function tokenizeWeighted(tokenizer: CLIPTokenizer, text: string, opts: T
   const { bosId, eosId, padId } = tokenizer;
   const embIds = embeddingIds(tokenizer, opts.embeddings ?? new Map(), chunkLength);
   const parsed: PromptFragment[] = (opts.emphasis ?? true) ? parsePromptAttention(text) : [[text, 1.0]];
+  for (const [fragment, weight] of parsed) {
+    if (!(Math.abs(weight) <= MAX_EMPHASIS)) {
+      const words = fragment.trim().slice(0, 40) + (fragment.trim().length > 40 ? '…' : '');
+      throw new PromptError(`prompt: the emphasis on "${words}" is ${weight} (each "(" multiplies it by 1.1, each "[" divides); weights must be from -${MAX_EMPHASIS} to ${MAX_EMPHASIS}`);
+    }
+  }
 
   const chunks: WeightedChunk[] = [];
   let tokens: number[] = [];

@@ -6,6 +6,7 @@ import { dirname } from 'node:path';
 import * as o from '../graph/index.ts';
 import { Graph, type Tensor, type WeightMode } from '../graph/index.ts';
 import { compile, type CompiledGraph, type CompileOptions } from '../runtime/session.ts';
+import { threadsProblem } from '../runtime/threads.ts';
 import { loadCheckpoint, type LoadOptions, type StableDiffusionCheckpoint } from './checkpoint.ts';
 import { CLIPTokenizer } from '../models/clip-tokenizer.ts';
 import { clipPoolingMask, clipTextEncoder, clipTextHiddenStates, clipTextPooled } from '../models/clip-text.ts';
@@ -13,9 +14,12 @@ import { SDXL_TIME_IDS, unet2DCondition } from '../models/unet.ts';
 import { vaeDecode, vaeEncode } from '../models/vae.ts';
 import { Params } from '../models/params.ts';
 import { OnewordError } from '../errors.ts';
-import { EmbeddingError, loadEmbedding, type LearnedEmbedding } from '../io/embeddings.ts';
+import { EmbeddingError, embeddingWidthProblem, loadEmbedding, type LearnedEmbedding } from '../io/embeddings.ts';
 import { embeddingTokenNames } from './prompt.ts';
 import { generate, type GeneratedImage, type GenerateOptions } from './generate.ts';
+
+/** Why a thread count cannot be used (null when it can): the CLI checks its flag before loading. */
+export { threadsProblem };
 
 /** Options of StableDiffusion.load (plus `variant: 'fp16'` and `predictionType` from LoadOptions). */
 export interface SDOptions extends LoadOptions {
@@ -74,6 +78,8 @@ export class StableDiffusion {
 
   /** Loads a diffusers folder or a single-file SD 1.x / 2.x / XL `.safetensors` (nothing is read beyond headers yet). */
   static load(path: string, opts: SDOptions = {}): StableDiffusion {
+    const problem = threadsProblem(opts.threads);
+    if (problem) throw OnewordError.badOption('threads', problem);
     return new StableDiffusion(loadCheckpoint(path, opts), opts);
   }
 
@@ -90,6 +96,9 @@ export class StableDiffusion {
   loadTextualInversion(source: string | LearnedEmbedding, opts: { token?: string } = {}): LearnedToken {
     const e = typeof source === 'string' ? loadEmbedding(source, opts) : { ...source, token: opts.token ?? source.token };
     const where = typeof source === 'string' ? source : `embedding "${e.token}"`;
+    // SDXL words (clip_l + clip_g) read fine now; clip_l alone must not pass for an SD 1.x word.
+    const sdxlProblem = e.vectors2 ? embeddingWidthProblem(e, { dim: this.hiddenSize }) : null;
+    if (sdxlProblem) throw new EmbeddingError(where, sdxlProblem, { usage: true });
     if (e.dim !== this.hiddenSize || e.vectors.length !== e.count * e.dim) {
       throw new EmbeddingError(where, `the embedding has ${e.vectors.length / e.count}-dimensional vectors but this model's text encoder uses ${this.hiddenSize} (SD 1.x: 768, SD 2.x: 1024)`, { usage: true });
     }
@@ -169,6 +178,10 @@ export class StableDiffusion {
       return existing;
     }
     const names = embeddingTokenNames(token, count);
+    for (const name of names) {
+      const id = this.tokenizer.tokenToId(name);
+      if (id !== undefined) throw OnewordError.badOption('token', `"${name}" already exists in the vocabulary (id ${id}); use a new word such as "<${name.replace(/^<|>$/g, '')}>"`);
+    }
     const ids = this.tokenizer.addTokens(names);
     const t: LearnedToken = { token, vectors: Float32Array.from(vectors), count, ids };
     if (this.tokenizer2 && vectors2) Object.assign(t, { vectors2: Float32Array.from(vectors2), ids2: this.tokenizer2.addTokens(names) });

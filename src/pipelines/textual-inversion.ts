@@ -4,15 +4,17 @@
 // distribution, noise it at a uniform random timestep, and take an AdamW step on v* to
 // minimise the MSE between the UNet's prediction and the noise (or v).
 import { createHash, type Hash } from 'node:crypto';
-import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { appendFileSync, existsSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.ts';
+import { modelFingerprint } from './model-fingerprint.ts';
+import { makeFolder } from '../io/output-folder.ts';
 import { flipHorizontal, ImageError, listImages, loadTrainingImage, rgbImageProblem, trainingPixels, type RgbImage, type TrainingImageOptions } from '../io/images.ts';
 import { saveA1111Embedding, saveDiffusersEmbedding, type LearnedEmbedding } from '../io/embeddings.ts';
 import { adamWState, adamWStep, clipGradNorm, type AdamWState } from '../optim/adamw.ts';
 import { createScheduler, TorchGenerator } from '../schedulers/index.ts';
 import { tokenizeWeighted } from './prompt.ts';
-import { makeSchedule, type ScheduleKind } from './lr-schedule.ts';
+import { makeSchedule, ScheduleError, type ScheduleKind } from './lr-schedule.ts';
 import { fillTrainingTemplate, readTemplateFile, templatesFor, type ConceptKind } from './templates.ts';
 import { TrainStep } from './ti-step.ts';
 import { checkStoppingOptions, evalInterval, STOPPING_DEFAULTS, StoppingRecord, type InitMode, type Recommendation, type StoppingOptions } from './early-stopping.ts';
@@ -20,6 +22,7 @@ import { EvalBatch } from './eval-batch.ts';
 import { addInitPull, initialVectors } from './init-embedding.ts';
 import type { StableDiffusion } from './stable-diffusion.ts';
 import { OnewordError } from '../errors.ts';
+import { embeddingFileNames, keepLogThrough, LOG_FILE, STATE_FILE, tokenFileNameProblem } from './run-files.ts';
 
 /** Training images: a folder, or a list of image files and/or decoded RGB images. */
 export type TrainingImages = string | ReadonlyArray<string | RgbImage>;
@@ -124,8 +127,6 @@ export interface TrainerState {
   rng: ReturnType<TorchGenerator['getState']>;
 }
 
-const STATE_FILE = 'train-state.safetensors';
-
 /** The caption beside an image (`cat.png` → `cat.txt`), as AUTOMATIC1111 and kohya read it; '' if none. */
 export function captionOf(imagePath: string): string {
   const txt = imagePath.replace(/\.[^./\\]+$/, '.txt');
@@ -186,34 +187,47 @@ function savableImages(images: TrainingImages): TrainingImages | null {
   return images.every((i) => typeof i === 'string') ? images : null;
 }
 
+/** Options as given before a model is loaded: the resolution default comes from the model. */
+export type TrainValues = Omit<TrainOptions, 'resolution'> & { resolution?: number };
+
+const LIMITS = { resolution: 4096, steps: 10_000_000, batch: 256, gradAccum: 10_000 } as const;
+
 /**
- * Validates options against the model and the image folder; every problem a user can
- * make is reported here, before any compute.
+ * Validates every option that does not need the model: the values, the token's spelling
+ * (it names a file), the images and the template file. The CLI runs it before loading a
+ * model; checkTrainOptions runs it again with the model's own checks.
  */
-export function checkTrainOptions(sd: StableDiffusion, o: TrainOptions): { images: ImageSource[]; initIds: number[]; templates: readonly string[] } {
-  const f = sd.vaeFactor;
+export function checkTrainValues(o: TrainValues): { images: ImageSource[]; templates: readonly string[] } {
   const bad = (option: string, problem: string) => TrainError.badOption(option, problem);
-  if (!/\S/.test(o.token) || /\s/.test(o.token)) throw bad('token', `must be one word without spaces, got "${o.token}"`);
+  if (typeof o.token !== 'string' || !/\S/.test(o.token) || /\s/.test(o.token)) throw bad('token', `must be one word without spaces, got "${o.token}"`);
+  const nameProblem = tokenFileNameProblem(o.token);
+  if (nameProblem) throw bad('token', nameProblem);
+  if (typeof o.init !== 'string') throw bad('init', `must be a word or phrase, got ${JSON.stringify(o.init)}`);
   if (!Number.isInteger(o.vectors) || o.vectors < 1 || o.vectors > 75) throw bad('vectors', `must be a whole number from 1 to 75, got ${o.vectors}`);
-  if (!Number.isInteger(o.resolution) || o.resolution < f || o.resolution % f !== 0) {
-    throw bad('resolution', `must be a positive multiple of ${f} (this model's VAE downscales by ${f}), got ${o.resolution}`);
-  }
-  for (const [k, v] of [['steps', o.steps], ['batch', o.batch], ['gradAccum', o.gradAccum]] as const) {
-    if (!Number.isInteger(v) || v < 1) throw bad(k, `must be a positive whole number, got ${v}`);
-  }
+  const whole = (k: keyof typeof LIMITS, v: unknown) => {
+    if (!Number.isInteger(v) || (v as number) < 1 || (v as number) > LIMITS[k]) throw bad(k, `must be a whole number from 1 to ${LIMITS[k]}, got ${v}`);
+  };
+  if (o.resolution !== undefined) whole('resolution', o.resolution);
+  whole('steps', o.steps);
+  whole('batch', o.batch);
+  whole('gradAccum', o.gradAccum);
   if (!(o.flipP >= 0 && o.flipP <= 1)) throw bad('flipP', `must be between 0 and 1, got ${o.flipP}`);
   if (!Number.isInteger(o.saveEvery) || o.saveEvery < 0) throw bad('saveEvery', `must be a whole number ≥ 0, got ${o.saveEvery}`);
-  if (o.maxGradNorm !== null && !(o.maxGradNorm > 0)) throw bad('maxGradNorm', `must be positive, got ${o.maxGradNorm}`);
+  if (o.maxGradNorm !== null && !(o.maxGradNorm > 0 && o.maxGradNorm < Infinity)) throw bad('maxGradNorm', `must be a positive number, got ${o.maxGradNorm}`);
   if (o.what !== 'object' && o.what !== 'style') throw bad('what', `must be object or style, got "${o.what}"`);
-  makeSchedule(o.lr, o.lrSchedule, o.steps, o.lrWarmup);
+  if (!Number.isSafeInteger(o.seed) || o.seed < 0) throw bad('seed', `must be a whole number from 0 to ${Number.MAX_SAFE_INTEGER}, got ${o.seed}`);
+  if (!['constant', 'linear', 'cosine'].includes(o.lrSchedule)) throw bad('lrSchedule', `must be constant, linear or cosine, got "${o.lrSchedule}"`);
+  if (!Number.isInteger(o.lrWarmup) || o.lrWarmup < 0) throw bad('lrWarmup', `must be a whole number ≥ 0, got ${o.lrWarmup}`);
   checkStoppingOptions(o);
-  // The token must be new to the tokenizer, in every spelling it would be matched by.
-  const existing = sd.tokenizer.tokenToId(o.token) ?? sd.tokenizer.tokenToId(`${o.token}</w>`) ?? sd.tokenizer.tokenToId(`${o.token.toLowerCase()}</w>`);
-  if (existing !== undefined) {
-    throw new TrainError(`token "${o.token}" already exists in the vocabulary (id ${existing}); choose a new word such as "<${o.token.replace(/^<|>$/g, '')}>"`, { usage: true, option: 'token' });
+  try {
+    makeSchedule(o.lr, o.lrSchedule, o.steps, o.lrWarmup);
+  } catch (e) {
+    if (e instanceof ScheduleError) throw bad('lr', e.message.replace(/^learning rate /, ''));
+    throw e;
   }
-  const initIds = sd.tokenizer.encode(o.init);
-  if (!o.init.trim() || initIds.length === 0) throw bad('init', `"${o.init}" has no tokens; give a word that describes the concept, e.g. "cat"`);
+  for (const [k, v] of [['adamBeta1', o.adamBeta1], ['adamBeta2', o.adamBeta2]] as const) if (!(v >= 0 && v < 1)) throw bad(k, `must be from 0 to below 1, got ${v}`);
+  if (!(o.adamEps > 0 && o.adamEps < Infinity)) throw bad('adamEps', `must be a positive number, got ${o.adamEps}`);
+  if (!(o.weightDecay >= 0 && o.weightDecay < Infinity)) throw bad('weightDecay', `must be a number ≥ 0, got ${o.weightDecay}`);
   let templates: readonly string[] = templatesFor(o.what);
   if (o.templateFile) {
     if (!existsSync(o.templateFile)) throw bad('templateFile', `${o.templateFile}: no such file`);
@@ -223,7 +237,28 @@ export function checkTrainOptions(sd: StableDiffusion, o: TrainOptions): { image
       throw bad('templateFile', (e as Error).message);
     }
   }
-  return { images: imageSources(o.images), initIds, templates };
+  return { images: imageSources(o.images), templates };
+}
+
+/**
+ * Validates options against the model and the image folder; every problem a user can
+ * make is reported here, before any compute.
+ */
+export function checkTrainOptions(sd: StableDiffusion, o: TrainOptions): { images: ImageSource[]; initIds: number[]; templates: readonly string[] } {
+  const { images, templates } = checkTrainValues(o);
+  const f = sd.vaeFactor;
+  const bad = (option: string, problem: string) => TrainError.badOption(option, problem);
+  if (o.resolution < f || o.resolution % f !== 0) {
+    throw bad('resolution', `must be a positive multiple of ${f} (this model's VAE downscales by ${f}), got ${o.resolution}`);
+  }
+  // The token must be new to the tokenizer, in every spelling it would be matched by.
+  const existing = sd.tokenizer.tokenToId(o.token) ?? sd.tokenizer.tokenToId(`${o.token}</w>`) ?? sd.tokenizer.tokenToId(`${o.token.toLowerCase()}</w>`);
+  if (existing !== undefined) {
+    throw new TrainError(`token "${o.token}" already exists in the vocabulary (id ${existing}); choose a new word such as "<${o.token.replace(/^<|>$/g, '')}>"`, { usage: true, option: 'token' });
+  }
+  const initIds = sd.tokenizer.encode(o.init);
+  if (!o.init.trim() || initIds.length === 0) throw bad('init', `"${o.init}" has no tokens; give a word that describes the concept, e.g. "cat"`);
+  return { images, initIds, templates };
 }
 
 export class TextualInversionTrainer {
@@ -383,19 +418,37 @@ export class TextualInversionTrainer {
       const own = this.ownGradient(r.grad);
       for (let i = 0; i < grad.length; i++) grad[i] += own[i] / this.opts.gradAccum;
     }
+    if (!Number.isFinite(loss)) throw this.diverged(`the loss is ${loss}`);
+    if (!grad.every(Number.isFinite)) throw this.diverged('the gradient is not finite');
     addInitPull(grad, s.vectors, this.initVectors, this.opts.initPull);
     let gradNorm: number | undefined;
     if (this.opts.maxGradNorm !== null) gradNorm = clipGradNorm([grad], this.opts.maxGradNorm);
     const lr = this.schedule.at(s.step);
-    adamWStep(s.vectors, grad, s.adam, {
+    // The update goes to copies: a step that overflows leaves the state as it was.
+    const next = { vectors: Float32Array.from(s.vectors), adam: { step: s.adam.step, m: Float32Array.from(s.adam.m), v: Float32Array.from(s.adam.v) } };
+    adamWStep(next.vectors, grad, next.adam, {
       lr, beta1: this.opts.adamBeta1, beta2: this.opts.adamBeta2, eps: this.opts.adamEps, weightDecay: this.opts.weightDecay,
     });
+    if (!next.vectors.every(Number.isFinite) || !next.adam.v.every(Number.isFinite)) throw this.diverged('the updated vectors are not finite');
+    s.vectors.set(next.vectors);
+    s.adam = next.adam;
     s.step += 1;
     this.sd.addLearnedToken(this.opts.token, s.vectors, this.opts.vectors);
     const log: StepLog = { step: s.step, loss, lr, seconds: (performance.now() - t0) / 1000 };
     if (gradNorm !== undefined) log.grad_norm = gradNorm;
     return log;
   }
+
+  /** Training cannot go on from a non-finite step; the state stays at the last good step. */
+  private diverged(what: string): TrainError {
+    return new TrainError(`training diverged at step ${this.state.step + 1}: ${what} (the learning rate ${this.schedule.at(this.state.step)} is likely too high); nothing of this step was kept`);
+  }
+
+  /** Identity of the model, recorded with the state (computed once). */
+  get modelFingerprint(): string {
+    return (this.fingerprint ??= modelFingerprint(this.sd.ckpt));
+  }
+  private fingerprint?: string;
 
   /**
    * Loss on a fixed set of (image, flip, noise, timestep) draws, independent of the
@@ -487,7 +540,7 @@ export class TextualInversionTrainer {
 
   /** Atomically writes the whole training state (embedding, AdamW moments, step, RNG, options). */
   saveState(dir = this.outDir()): string {
-    mkdirSync(dir, { recursive: true });
+    makeFolder(dir);
     const s = this.state;
     s.rng = this.gen.getState();
     const path = join(dir, STATE_FILE);
@@ -508,7 +561,8 @@ export class TextualInversionTrainer {
         order: JSON.stringify(this.order),
         options: JSON.stringify({ ...this.opts, images: savableImages(this.opts.images) }),
         images_hash: this.imagesHash,
-        model: this.sd.ckpt.source,
+        model: resolve(this.sd.ckpt.source),
+        model_fingerprint: this.modelFingerprint,
         stopping: stopping.json,
       },
     );
@@ -530,6 +584,11 @@ export class TextualInversionTrainer {
     const f = SafetensorsFile.open(path);
     if (f.metadata.format !== 'oneword-train-state') throw new TrainError(`${path}: not a oneword training state`);
     if (f.metadata.images_hash !== this.imagesHash) throw TrainError.badOption('resume', `${dir}: the training images changed since this state was saved`);
+    // States before the fingerprint was recorded carry only the model's path.
+    const fingerprint = f.metadata.model_fingerprint;
+    if (fingerprint !== undefined && fingerprint !== this.modelFingerprint) {
+      throw TrainError.badOption('resume', `${dir} was trained on ${f.metadata.model ?? 'another model'}, not on ${this.sd.ckpt.source} (the weights differ); pass that model`);
+    }
     const vectors = f.readFloat32('vectors');
     if (vectors.length !== this.state.vectors.length) throw new TrainError(`${path}: ${vectors.length} values, expected ${this.state.vectors.length}`);
     this.state.vectors.set(vectors);
@@ -573,17 +632,17 @@ export function writeEmbeddingFiles(
 ): Partial<Record<EmbeddingFileFormat, string>> {
   const formats = opts.formats ?? ['diffusers', 'a1111'];
   for (const f of formats) if (f !== 'diffusers' && f !== 'a1111') throw TrainError.badOption('formats', `must list "diffusers" and/or "a1111", got "${f}"`);
-  mkdirSync(dir, { recursive: true });
-  const suffix = opts.suffix ?? '';
-  const name = e.token.replace(/^<|>$/g, '') || 'embedding';
+  // Checked before anything is written: the token becomes a file name inside `dir`.
+  const names = embeddingFileNames(e.token, opts.suffix);
+  makeFolder(dir);
   const files: Partial<Record<EmbeddingFileFormat, string>> = {};
   if (formats.includes('diffusers')) {
-    files.diffusers = join(dir, `learned_embeds${suffix}.safetensors`);
+    files.diffusers = join(dir, names.diffusers);
     saveDiffusersEmbedding(files.diffusers, e.token, e.vectors, e.count, e.dim, trainingMeta(opts));
   }
   if (formats.includes('a1111')) {
-    files.a1111 = join(dir, `${name}${suffix}.safetensors`);
-    saveA1111Embedding(files.a1111, name, e.vectors, e.count, e.dim, { step: opts.step, sdCheckpointName: opts.model, eval_loss: opts.evalLoss });
+    files.a1111 = join(dir, names.a1111);
+    saveA1111Embedding(files.a1111, e.token.replace(/^<|>$/g, ''), e.vectors, e.count, e.dim, { step: opts.step, sdCheckpointName: opts.model, eval_loss: opts.evalLoss });
   }
   return files;
 }
@@ -596,11 +655,31 @@ function trainingMeta(o: { step?: number; evalLoss?: number }): Record<string, s
   return meta;
 }
 
-/** Reads the options saved in a state folder (to resume); `images` is null for in-memory images. */
-export function savedOptions(dir: string): Omit<TrainOptions, 'images'> & { images: TrainingImages | null } {
+/** The state file of a run folder, opened and checked to be one. */
+function openState(dir: string): SafetensorsFile {
   const path = join(dir, STATE_FILE);
   if (!existsSync(path)) throw TrainError.badOption('resume', `${dir}: no ${STATE_FILE} in this folder`);
-  return JSON.parse(SafetensorsFile.open(path).metadata.options) as Omit<TrainOptions, 'images'> & { images: TrainingImages | null };
+  const f = SafetensorsFile.open(path);
+  if (f.metadata.format !== 'oneword-train-state') throw new TrainError(`${path}: not a oneword training state`);
+  return f;
+}
+
+/** Reads the options saved in a state folder (to resume); `images` is null for in-memory images. */
+export function savedOptions(dir: string): Omit<TrainOptions, 'images'> & { images: TrainingImages | null } {
+  const f = openState(dir);
+  let options: unknown;
+  try {
+    options = JSON.parse(f.metadata.options ?? '');
+  } catch (e) {
+    throw new TrainError(`${f.path}: the saved options are not valid JSON (${(e as Error).message}); the state is damaged`);
+  }
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) throw new TrainError(`${f.path}: the saved options are not a JSON object; the state is damaged`);
+  return options as Omit<TrainOptions, 'images'> & { images: TrainingImages | null };
+}
+
+/** The model a saved state was trained on: its path when recorded. */
+export function savedModel(dir: string): string | undefined {
+  return openState(dir).metadata.model;
 }
 
 export interface TrainHooks {
@@ -630,8 +709,12 @@ export interface TrainResult {
 export async function train(trainer: TextualInversionTrainer, hooks: TrainHooks = {}): Promise<TrainResult> {
   const o = trainer.opts;
   const out = o.out;
-  if (out) mkdirSync(out, { recursive: true });
-  const logPath = out ? join(out, 'train-log.jsonl') : null;
+  if (out) makeFolder(out);
+  const logPath = out ? join(out, LOG_FILE) : null;
+  // A resumed run trains the steps after its checkpoint again: they are logged once.
+  if (logPath) keepLogThrough(logPath, trainer.state.step);
+  // The step of the checkpoint on disk (a resumed run starts from one).
+  let saved = trainer.state.step > 0 ? trainer.state.step : undefined;
   const t0 = performance.now();
   let running = NaN;
   let last: StepLog | undefined;
@@ -643,6 +726,7 @@ export async function train(trainer: TextualInversionTrainer, hooks: TrainHooks 
     const e = trainer.saveEmbeddings(out, `-steps-${trainer.state.step}`, evalLoss);
     await trainer.savedStep([e.diffusers, e.a1111]);
     const state = trainer.saveState();
+    saved = trainer.state.step;
     hooks.onSave?.(trainer.state.step, [state, e.diffusers, e.a1111], evalLoss);
   };
   while (trainer.state.step < o.steps && !(o.stop === 'auto' && record.stoppedAt)) {
@@ -650,7 +734,13 @@ export async function train(trainer: TextualInversionTrainer, hooks: TrainHooks 
       await checkpoint();
       return { stopped: true, last, earlyStop: null, recommended: null };
     }
-    last = await trainer.trainStep(t0);
+    try {
+      last = await trainer.trainStep(t0);
+    } catch (e) {
+      if (!(e instanceof TrainError) || !out) throw e;
+      const kept = saved !== undefined ? `the last checkpoint (step ${saved}) is intact` : `no checkpoint had been written to ${out} yet`;
+      throw new TrainError(`${e.message}; ${kept}`, { cause: e });
+    }
     const step = trainer.state.step;
     if (evalEvery > 0 && step % evalEvery === 0) {
       last.eval_loss = await trainer.evalLoss();

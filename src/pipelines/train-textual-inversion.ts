@@ -1,9 +1,10 @@
 // Textual inversion as one library call: every option has the CLI's default, images come
 // from a folder, files or memory, nothing is written to disk unless asked (`out`), and the
 // result can save the learned word in the formats other tools read.
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { savePng } from '../io/images.ts';
+import { lockFolder, makeFolder } from '../io/output-folder.ts';
+import { checkRunFolder, previewFolder } from './run-files.ts';
 import type { LearnedEmbedding } from '../io/embeddings.ts';
 import { defaultSize, generate, type GeneratedImage } from './generate.ts';
 import type { ConceptKind } from './templates.ts';
@@ -95,9 +96,13 @@ export interface TextualInversionOptions {
   seed?: number;
   /** Checkpoint every N steps into `out` (0 = only at the end). Default 500; needs `out`. */
   saveEvery?: number;
-  /** Folder for checkpoints, train-log.jsonl, previews and the final embeddings. Default: none, nothing is written. */
+  /**
+   * Folder for checkpoints, train-log.jsonl, previews and the final embeddings. Default: none,
+   * nothing is written. A folder holding a run's files is refused unless `resume` names it;
+   * while training, the folder is locked (.oneword.lock) against a second run.
+   */
   out?: string;
-  /** Continue the run saved in this folder (same images and options; `steps` may grow). */
+  /** Continue the run saved in this folder (same images, options and model; `steps` may grow). */
   resume?: string;
   /** Generate the preview prompt every N steps and at the end (0 = off). Default 0. */
   previewEvery?: number;
@@ -112,6 +117,8 @@ export interface TextualInversionOptions {
   measureFixedLoss?: boolean;
   /** Stops training at the next step; with `out`, a checkpoint is written first. */
   signal?: AbortSignal;
+  /** Called once everything is checked and the images are encoded, before the first step. */
+  onStart?: (run: { steps: number; resolution: number; vectors: number; step: number }) => void;
   onStep?: (log: StepLog, runningLoss: number) => void;
   /** Files written for a saved step (only with `out`), and that step's deterministic loss. */
   onSave?: (step: number, files: string[], evalLoss?: number) => void;
@@ -154,7 +161,7 @@ const TRAINER_OPTIONS = [
 ] as const satisfies ReadonlyArray<keyof TrainOptions & keyof TextualInversionOptions>;
 
 const KNOWN_OPTIONS = new Set<string>([
-  ...TRAINER_OPTIONS, 'images', 'token', 'init', 'resume', 'previewEvery', 'previewPrompt', 'measureFixedLoss', 'signal', 'onStep', 'onSave', 'onPreview',
+  ...TRAINER_OPTIONS, 'images', 'token', 'init', 'resume', 'previewEvery', 'previewPrompt', 'measureFixedLoss', 'signal', 'onStart', 'onStep', 'onSave', 'onPreview',
 ]);
 
 /** The trainer's options: the given ones over the documented defaults. */
@@ -177,8 +184,22 @@ function trainerOptions(sd: StableDiffusion, o: TextualInversionOptions): TrainO
  */
 export async function trainTextualInversion(sd: StableDiffusion, options: TextualInversionOptions): Promise<TrainingRun> {
   const opts = trainerOptions(sd, options);
+  if (!opts.out) return trainIn(sd, options, opts);
+  // Checked before the folder is made, then again once it is locked (another run may have written meanwhile).
+  checkRunFolder(opts.out, opts.token, options.resume);
+  const lock = lockFolder(opts.out);
+  try {
+    checkRunFolder(opts.out, opts.token, options.resume);
+    return await trainIn(sd, options, opts);
+  } finally {
+    lock.release();
+  }
+}
+
+async function trainIn(sd: StableDiffusion, options: TextualInversionOptions, opts: TrainOptions): Promise<TrainingRun> {
   const trainer = await TextualInversionTrainer.create(sd, opts);
   if (options.resume) trainer.loadState(options.resume);
+  options.onStart?.({ steps: opts.steps, resolution: opts.resolution, vectors: opts.vectors, step: trainer.state.step });
   const before = options.measureFixedLoss ? await trainer.fixedLoss() : undefined;
 
   const previewEvery = options.previewEvery ?? 0;
@@ -187,8 +208,8 @@ export async function trainTextualInversion(sd: StableDiffusion, options: Textua
     const [image] = await generate(sd, { prompt: previewPrompt, steps: 20, seed: opts.seed, width: opts.resolution, height: opts.resolution });
     let file: string | undefined;
     if (opts.out) {
-      const dir = join(opts.out, 'previews');
-      mkdirSync(dir, { recursive: true });
+      const dir = previewFolder(opts.out);
+      makeFolder(dir);
       file = join(dir, `step-${String(t.state.step).padStart(6, '0')}.png`);
       savePng(file, image.pixels, image.width, image.height);
     }

@@ -10,9 +10,9 @@ import './ort-telemetry.ts';
 import ort from 'onnxruntime-node';
 import { createHash } from 'node:crypto';
 import { statSync } from 'node:fs';
-import { availableParallelism } from 'node:os';
 import { exportOnnx, type ExportedModel, type ExportOptions } from '../graph/onnx.ts';
 import { GraphError, Tensor, type DType, type HostArray } from '../graph/tensor.ts';
+import { MAX_THREADS, threadsProblem } from './threads.ts';
 
 export interface CompileOptions extends ExportOptions {
   /** Intra-op threads; default: all cores. */
@@ -99,7 +99,9 @@ function sessionKey(exported: ExportedModel, options: unknown): string {
 /** Compiles the sub-graph computing `outputs`; graphs of the same structure share one session. */
 export async function compile(outputs: Record<string, Tensor>, opts: CompileOptions = {}): Promise<CompiledGraph> {
   const exported = exportOnnx(outputs, opts);
-  const threads = opts.threads ?? availableParallelism();
+  const problem = threadsProblem(opts.threads);
+  if (problem) throw new GraphError(`threads ${problem}`);
+  const threads = opts.threads ?? MAX_THREADS;
   const level = opts.optimization ?? 'all';
   const key = sessionKey(exported, {
     threads, level, p: opts.disablePrepacking ?? false, s: opts.spinning ?? null, r: exported.externalRoot ?? '', prof: opts.profilePrefix ?? null,

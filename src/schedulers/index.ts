@@ -101,6 +101,12 @@ export const SAMPLERS = {
 export type SamplerName = keyof typeof SAMPLERS;
 export const SAMPLER_NAMES = Object.keys(SAMPLERS) as SamplerName[];
 
+/** AUTOMATIC1111's display names of the samplers (the "Sampler:" of a PNG's infotext). */
+export const SAMPLER_INFOTEXT: Record<SamplerName, string> = {
+  ddim: 'DDIM', pndm: 'PLMS', euler: 'Euler', 'euler-karras': 'Euler Karras', 'euler-a': 'Euler a',
+  dpmpp2m: 'DPM++ 2M', 'dpmpp2m-karras': 'DPM++ 2M Karras',
+};
+
 /** A scheduler from a CLI sampler name (see SAMPLERS). */
 export function createSampler(
   name: string, modelConfig?: RawSchedulerConfig, overrides: Omit<SchedulerOverrides, 'useKarrasSigmas'> = {},

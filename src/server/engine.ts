@@ -6,16 +6,12 @@ import { join } from 'node:path';
 import { OnewordError, savePng, StableDiffusion, trainTextualInversion, type TextualInversionOptions } from '../index.ts';
 import { loadEmbeddingsInto } from '../cli/generate.ts';
 import { formatA1111Parameters } from '../io/images.ts';
+import { SAMPLER_INFOTEXT, type SamplerName } from '../schedulers/index.ts';
 import type { FromEngine, GenerateRequest, ToEngine, TrainRequest } from './protocol.ts';
 
 const send = (m: FromEngine) => process.send?.(m);
 const stops = new Map<string, AbortController>();
 
-/** A1111's names for oneword's samplers, for the infotext. */
-const SAMPLER_INFOTEXT: Record<string, string> = {
-  ddim: 'DDIM', pndm: 'PLMS', euler: 'Euler', 'euler-karras': 'Euler Karras', 'euler-a': 'Euler a',
-  dpmpp2m: 'DPM++ 2M', 'dpmpp2m-karras': 'DPM++ 2M Karras',
-};
 
 function failure(e: unknown): { message: string; usage: boolean } {
   if (e instanceof OnewordError) return { message: e.message, usage: e.usage };
@@ -63,7 +59,7 @@ async function generate(r: GenerateRequest): Promise<void> {
     let index = nextIndex(r.outDir);
     const out = images.map((img) => {
       const infotext = formatA1111Parameters({
-        prompt: o.prompt, negativePrompt: o.negativePrompt, steps: o.steps!, sampler: SAMPLER_INFOTEXT[o.sampler!] ?? o.sampler,
+        prompt: o.prompt, negativePrompt: o.negativePrompt, steps: o.steps!, sampler: SAMPLER_INFOTEXT[o.sampler as SamplerName] ?? o.sampler,
         cfgScale: o.guidance!, seed: img.seed, width: img.width, height: img.height, model: r.modelName,
         tiHashes: Object.keys(tiHashes).length ? tiHashes : undefined, extra: { Version: 'oneword' },
       });

@@ -116,6 +116,8 @@ test('library: bad calls are usage errors naming the option', async () => {
   await assert.rejects(trainTextualInversion(sd, { ...TRAIN, images, learningRate: 1 } as never), usage(undefined, /unknown option "learningRate"/));
   await assert.rejects(sd.generate({ prompt: 'x', guidance: -1 }), usage('guidance', /^guidance must be ≥ 0, got -1/));
   assert.throws(() => sd.loadTextualInversion({ token: '<w>', vectors: new Float32Array(5), count: 1, dim: 5 }), usage(undefined, /5-dimensional vectors but this model's text encoder uses 32/));
+  // An SDXL word whose clip_l happens to match is still refused: its clip_g half would be dropped.
+  assert.throws(() => sd.loadTextualInversion({ token: '<x>', vectors: new Float32Array(32), count: 1, dim: 32, vectors2: new Float32Array(12), dim2: 12 }), usage(undefined, /an SDXL embedding \(clip_l 32, clip_g 12\) cannot be used with an SD 1\.x\/2\.x model \(32\)/));
   // An image that fails to decode is a failed run, not a usage error, and leaves no word behind.
   const dir = mkdtempSync(join(tmpdir(), 'oneword-lib-'));
   try {

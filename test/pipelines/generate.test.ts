@@ -96,17 +96,19 @@ test('generate: bad options are clear errors, exit 2 for a bad call and 1 for a 
     [['--width', '63'], 2, /--width must be a positive multiple of 2/],
     [['--scheduler', 'heun'], 2, /--scheduler must be one of ddim, .*got "heun"/],
     [['--cfg', '-1'], 2, /--cfg must be ≥ 0, got -1/],
-    [['--steps', '0'], 2, /--steps must be a positive whole number/],
+    [['--steps', '0'], 2, /--steps must be a whole number from 1 to 10000, got 0/],
     [['--steps', 'many'], 2, /--steps needs a number/],
     [['--eta', '0.5'], 2, /--eta applies to the ddim sampler only/],
-    [['--embedding', join(FIX, 'embeddings', 'nope.safetensors')], 1, /nope\.safetensors: cannot read/],
+    [['--embedding', join(FIX, 'embeddings', 'nope.safetensors')], 2, /--embedding .*nope\.safetensors: no such file/],
+    [['--embedding', join(FIX, 'embeddings', 'not-an-embedding.pt')], 1, /not-an-embedding\.pt: /],
   ];
   for (const [extra, status, re] of cases) {
     const r = run([...m, ...extra, '--quiet']);
     assert.equal(r.status, status, `${extra.join(' ')}: ${r.stderr}`);
     assert.match(r.stderr, re);
   }
+  // A path that is not there is the call's mistake (2); a file that is there but bad fails the run (1).
   const noModel = run(['--model', join(FIX, 'no-such-model'), '--prompt', 'x', '--quiet']);
-  assert.equal(noModel.status, 1, noModel.stderr);
-  assert.match(noModel.stderr, /no-such-model: no such file or folder/);
+  assert.equal(noModel.status, 2, noModel.stderr);
+  assert.match(noModel.stderr, /--model .*no-such-model: no such file or folder/);
 });

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CLIPTokenizer } from '../../src/models/clip-tokenizer.ts';
 import { SafetensorsFile } from '../../src/io/safetensors.ts';
-import { applyEmphasis, embeddingTokenNames, parsePromptAttention, tokenizeWeighted } from '../../src/pipelines/prompt.ts';
+import { applyEmphasis, embeddingTokenNames, parsePromptAttention, PromptError, tokenizeWeighted } from '../../src/pipelines/prompt.ts';
 
 const FIX = fileURLToPath(new URL('../fixtures/', import.meta.url));
 const ints = (a: BigInt64Array) => Array.from(a, Number);
@@ -222,4 +222,24 @@ test('applyEmphasis: scale rows by weight, then restore the mean of the whole ch
 
   assert.throws(() => applyEmphasis(new Float32Array(5), [3, 2], [1, 1, 1]), /shape \[3, 2\] needs 6/);
   assert.throws(() => applyEmphasis(new Float32Array(6), [3, 2], [1, 1]), /2 weights for 3 rows/);
+});
+
+test('emphasis is bounded: 10,000 nested "(" (weight Infinity, a black image) are refused as usage errors, A1111 weights pass', () => {
+  const tok = CLIPTokenizer.bundled();
+  const refused = (text: string, re: RegExp) => assert.throws(() => tokenizeWeighted(tok, text), (e: unknown) => e instanceof PromptError && e.usage && re.test(e.message));
+  refused(`${'('.repeat(10000)}cat`, /brackets nested more than 256 deep/);
+  refused(`${'('.repeat(80)}cat`, /the emphasis on "cat" is 2048\.\d+ .*weights must be from -1000 to 1000/);
+  refused(`(cat:${'9'.repeat(400)})`, /the emphasis on "cat" is Infinity/);
+  refused('(cat:1001)', /is 1001/);
+  // Within the bounds, A1111's own semantics: negative and strong weights, 40 nested brackets.
+  assert.equal(tokenizeWeighted(tok, '(cat:-1) (dog:1000)').chunks[0].weights[1], -1);
+  assert.ok(Math.abs(tokenizeWeighted(tok, `${'('.repeat(40)}cat`).chunks[0].weights[1] - 1.1 ** 40) < 1e-6);
+});
+
+test('a 2 MB prompt of brackets and escapes parses in linear time', () => {
+  const text = `${'\\( '.repeat(200_000)}${'(a) [b] '.repeat(50_000)}`;
+  const start = performance.now();
+  const parsed = parsePromptAttention(text);
+  assert.ok(parsed.length > 1000);
+  assert.ok(performance.now() - start < 5000, `took ${(performance.now() - start).toFixed(0)} ms`);
 });

@@ -305,6 +305,54 @@ def main():
     safetensors(p('two-tokens.safetensors'), {'<a>': ('F32', ramp(1, 16)), '<b>': ('F32', ramp(1, 16))})
     safetensors(p('sd2-1024.safetensors'), {'emb_params': ('F32', ramp(1, 1024, scale=1e-4))})
 
+    # ---- SDXL: one word, vectors for both text encoders (clip_l: CLIP ViT-L, clip_g: OpenCLIP ViT-bigG).
+    # Real files are [N, 768] + [N, 1280]; the fixtures keep the layout with tiny widths (8 and 12).
+    sdxl_l, sdxl_g = ramp(2, 8), ramp(2, 12, scale=0.02, bias=-0.5)
+
+    # kohya sdxl_train_textual_inversion.py, --save_precision fp16: save_file({"clip_l", "clip_g"},
+    # metadata) where the metadata is only its model-spec block (train_util.get_sai_model_spec).
+    half_l = (np.arange(2 * 8, dtype=np.float64) / 64.0 - 0.15625).astype(np.float16).reshape(2, 8)
+    half_g = (np.arange(2 * 12, dtype=np.float64) / 64.0 - 0.15625).astype(np.float16).reshape(2, 12)
+    safetensors(p('sdxl-kohya.safetensors'), {'clip_g': ('F16', half_g), 'clip_l': ('F16', half_l)}, {
+        'modelspec.sai_model_spec': '1.0.1',
+        'modelspec.architecture': 'stable-diffusion-xl-v1-base/textual-inversion',
+        'modelspec.implementation': 'https://github.com/Stability-AI/generative-models',
+        'modelspec.title': 'my-sdxl-word',
+        'modelspec.resolution': '1024x1024',
+        'modelspec.date': '2025-01-01T00:00:00',
+        'modelspec.prediction_type': 'epsilon',
+        'modelspec.implementation_version': 'sd-scripts/unknown',
+    })
+    # The same script with a .pt output name: torch.save of the plain dict (no metadata).
+    torch_save(p('sdxl-kohya.pt'), {
+        'clip_l': contiguous(Storage('0', sdxl_l), [2, 8]),
+        'clip_g': contiguous(Storage('1', sdxl_g), [2, 12]),
+    })
+    # Converters and UIs that add scalar entries next to the tensors (A1111 forks keep only tensors).
+    torch_save(p('sdxl-with-info.pt'), {
+        'clip_g': contiguous(Storage('0', sdxl_g), [2, 12]),
+        'clip_l': contiguous(Storage('1', sdxl_l), [2, 8]),
+        'name': 'sdxl-info', 'step': 2000,
+    })
+    # Broken SDXL archives: different vector counts, and a clip_l that is not a tensor.
+    torch_save(p('sdxl-count-mismatch.pt'), {
+        'clip_l': contiguous(Storage('0', sdxl_l), [2, 8]),
+        'clip_g': contiguous(Storage('1', ramp(3, 12)), [3, 12]),
+    })
+    torch_save(p('sdxl-not-a-tensor.pt'), {'clip_l': 'not a tensor', 'clip_g': contiguous(Storage('0', sdxl_g), [2, 12])})
+
+    # diffusers textual_inversion_sdxl.py: save_progress() writes {placeholder_token: weight[ids]} with
+    # metadata {"format": "pt"} once per text encoder: learned_embeds.safetensors (text_encoder) and
+    # learned_embeds_2.safetensors (text_encoder_2); every --save_steps also
+    # learned_embeds-steps-S.safetensors and learned_embeds_2-steps-S.safetensors.
+    pair = os.path.join(OUT, 'sdxl-diffusers')
+    os.makedirs(pair, exist_ok=True)
+    q = lambda name: os.path.join(pair, name)
+    safetensors(q('learned_embeds.safetensors'), {'<cat-toy>': ('F32', sdxl_l)}, {'format': 'pt'})
+    safetensors(q('learned_embeds_2.safetensors'), {'<cat-toy>': ('F32', sdxl_g)}, {'format': 'pt'})
+    safetensors(q('learned_embeds-steps-500.safetensors'), {'<cat-toy>': ('F32', ramp(2, 8, scale=0.001))}, {'format': 'pt'})
+    safetensors(q('learned_embeds_2-steps-500.safetensors'), {'<cat-toy>': ('F32', ramp(2, 12, scale=0.001))}, {'format': 'pt'})
+
     # ---- hostile archives: torch layout, malicious data.pkl
     class Evil:
         def __init__(self, fn, *args):
@@ -318,6 +366,7 @@ def main():
         'hostile-os-system.pt': (Evil(os.system, f'touch {marker}'), 2),
         'hostile-exec.bin': ({'<tok>': Evil(exec, f"open('{marker}','w').write('x')")}, 4),
         'hostile-subprocess.pt': ({'string_to_param': {'*': Evil(subprocess.Popen, ['touch', marker])}, 'name': 'x'}, 3),
+        'hostile-sdxl.pt': ({'clip_l': Evil(os.system, f'touch {marker}'), 'clip_g': Evil(os.system, f'touch {marker}')}, 2),
     }
     for name, (obj, proto) in hostile.items():
         pkl, _ = torch_pickle(obj, protocol=proto)
