@@ -19,15 +19,20 @@ Options:
                         (non-standard heads or resolution; as diffusers' from_single_file(config=))
   --prompt TEXT         the prompt; A1111 syntax: (word:1.2), (word), [word], BREAK; any length
                         (emphasis weights from -1000 to 1000)
-  --negative TEXT       negative prompt (default: empty)
+  --negative TEXT       negative prompt (default: empty; SDXL: empty = all-zero negative conditioning,
+                        as diffusers' force_zeros_for_empty_prompt)
   --steps N             sampling steps (default 30)
-  --cfg X               classifier-free guidance scale (default 7.5; 1 = no guidance)
+  --cfg X               classifier-free guidance scale (default 7.5, SDXL 5.0; 1 = no guidance)
   --scheduler NAME      sampler (default dpmpp2m-karras; dpmpp2m for zero-terminal-SNR models):
 ${describeSamplers().replace(/^/gm, '    ')}
   --eta X               DDIM noise (ddim only; default 0)
   --seed N              seed of the first image; image i uses seed + i (default 42)
   --width N, --height N image size up to 8192, a multiple of the VAE factor (default: the model's native size)
   --count N             number of images (default 1)
+  SDXL size conditioning (StableDiffusionXLPipeline's original_size, crops_coords_top_left, target_size):
+  --original-size H,W   default: the image size
+  --crops-coords-top-left TOP,LEFT  default 0,0
+  --target-size H,W     default: the image size
   --embedding FILE      load a textual-inversion embedding (repeatable); FILE:TOKEN sets its prompt word
                         (default: the file name). diffusers, A1111/kohya .safetensors and .pt/.bin files
   --out DIR             output folder (default outputs)
@@ -81,6 +86,13 @@ function nextIndex(dir: string): number {
   return max + 1;
 }
 
+/** An SDXL size flag's "A,B" (height first, or top first), as two numbers; ranges are checked with the other options. */
+function sizePair(flag: string, v: unknown): [number, number] | undefined {
+  if (v === undefined) return undefined;
+  const m = /^\s*(\d+)\s*,\s*(\d+)\s*$/.exec(String(v));
+  if (!m) throw new UsageError(`--${flag} must be two whole numbers separated by a comma (${flag === 'crops-coords-top-left' ? 'TOP,LEFT' : 'H,W, height first'}), got "${v}"`);
+  return [Number(m[1]), Number(m[2])];
+}
 
 export async function generateCommand(argv: string[]): Promise<number> {
   const { flags, positional } = parseArgs(argv, {
@@ -89,6 +101,7 @@ export async function generateCommand(argv: string[]): Promise<number> {
     seed: { type: 'number' }, width: { type: 'number' }, height: { type: 'number' }, count: { type: 'number', alias: 'n' },
     embedding: { type: 'string', multiple: true }, out: { type: 'string', alias: 'o' }, threads: { type: 'number' },
     progress: { type: 'string' }, quiet: { type: 'boolean', alias: 'q' }, help: { type: 'boolean', alias: 'h' },
+    'original-size': { type: 'string' }, 'crops-coords-top-left': { type: 'string' }, 'target-size': { type: 'string' },
   });
   if (flags.help) {
     process.stdout.write(GENERATE_HELP);
@@ -114,6 +127,8 @@ export async function generateCommand(argv: string[]): Promise<number> {
     guidance: flags.cfg as number | undefined, sampler: flags.scheduler as string | undefined, seed: flags.seed as number | undefined,
     width: flags.width as number | undefined, height: flags.height as number | undefined, count: flags.count as number | undefined,
     eta: flags.eta as number | undefined,
+    originalSize: sizePair('original-size', flags['original-size']), cropsCoordsTopLeft: sizePair('crops-coords-top-left', flags['crops-coords-top-left']),
+    targetSize: sizePair('target-size', flags['target-size']),
   };
   checkGenerateValues(given);
   const sd = StableDiffusion.load(modelPath, { threads, config: flags.config as string | undefined });

@@ -1,7 +1,7 @@
 // High-level generation: prompts → images, one seed per image (seed, seed+1, … as A1111),
 // initial latents drawn exactly as torch.randn with a CPU generator seeded with that seed.
 import { createSampler, SAMPLERS, TorchGenerator, type SamplerName } from '../schedulers/index.ts';
-import { decodeLatents, denoise, encodePrompt, matchChunks } from './text-to-image.ts';
+import { decodeLatents, denoise, encodePrompt, matchChunks, sdxlTimeIds, zeroPrompt } from './text-to-image.ts';
 import type { StableDiffusion } from './stable-diffusion.ts';
 import { OnewordError } from '../errors.ts';
 
@@ -9,11 +9,15 @@ import { OnewordError } from '../errors.ts';
 export interface GenerateOptions {
   /** A1111 prompt syntax: (word:1.2), (word), [word], BREAK; any length. */
   prompt: string;
-  /** Default "" (empty). */
+  /**
+   * Default "" (empty). SDXL: an empty negative prompt gives all-zero negative conditioning when
+   * the model sets force_zeros_for_empty_prompt (SDXL base does), as diffusers without a
+   * negative prompt and A1111 with an empty one.
+   */
   negativePrompt?: string;
   /** Sampling steps. Default 30. */
   steps?: number;
-  /** Classifier-free guidance scale (1 = no guidance). Default 7.5. */
+  /** Classifier-free guidance scale (1 = no guidance). Default 7.5 (SDXL: 5.0, as StableDiffusionXLPipeline). */
   guidance?: number;
   /** One of ddim, pndm, euler, euler-karras, euler-a, dpmpp2m, dpmpp2m-karras. Default "dpmpp2m-karras" (dpmpp2m for zero-terminal-SNR models). */
   sampler?: string;
@@ -26,10 +30,22 @@ export interface GenerateOptions {
   count?: number;
   /** DDIM noise (ddim only). Default 0. */
   eta?: number;
+  /** SDXL size conditioning, (height, width) as StableDiffusionXLPipeline's original_size. Default: the image size. */
+  originalSize?: [number, number];
+  /** SDXL: (top, left) as crops_coords_top_left. Default [0, 0]. */
+  cropsCoordsTopLeft?: [number, number];
+  /** SDXL: (height, width) as target_size. Default: the image size. */
+  targetSize?: [number, number];
   onStep?: (image: number, step: number, steps: number) => void;
 }
 
-const KNOWN_OPTIONS = new Set(['prompt', 'negativePrompt', 'steps', 'guidance', 'sampler', 'seed', 'width', 'height', 'count', 'eta', 'onStep']);
+const KNOWN_OPTIONS = new Set([
+  'prompt', 'negativePrompt', 'steps', 'guidance', 'sampler', 'seed', 'width', 'height', 'count', 'eta',
+  'originalSize', 'cropsCoordsTopLeft', 'targetSize', 'onStep',
+]);
+
+/** The SDXL-only options: size conditioning. */
+const XL_OPTIONS = ['originalSize', 'cropsCoordsTopLeft', 'targetSize'] as const;
 
 export interface GeneratedImage {
   /** CHW float32 in [0, 1]. */
@@ -89,22 +105,39 @@ export function checkGenerateValues(o: GenerateOptions): void {
     if (!(o.eta >= 0 && o.eta < Infinity)) throw bad('eta', `must be a number ≥ 0, got ${o.eta}`);
     if (o.sampler === undefined || SAMPLERS[o.sampler as SamplerName].kind !== 'ddim') throw bad('eta', 'applies to the ddim sampler only');
   }
+  for (const k of XL_OPTIONS) {
+    const v = o[k];
+    const min = k === 'cropsCoordsTopLeft' ? 0 : 1;
+    if (v !== undefined && (!Array.isArray(v) || v.length !== 2 || !v.every((x) => Number.isInteger(x) && x >= min && x <= GENERATE_LIMITS.size))) {
+      throw bad(k, `must be two whole numbers from ${min} to ${GENERATE_LIMITS.size} (${k === 'cropsCoordsTopLeft' ? 'top, left' : 'height, width'}), got ${JSON.stringify(v)}`);
+    }
+  }
 }
 
-export function checkGenerateOptions(sd: StableDiffusion, o: GenerateOptions): Required<Omit<GenerateOptions, 'onStep' | 'eta'>> & { eta?: number } {
+/** The model's default classifier-free guidance scale: SDXL 5.0 (StableDiffusionXLPipeline's), else 7.5. */
+export function defaultGuidance(sd: StableDiffusion): number {
+  return sd.isXL ? 5 : 7.5;
+}
+
+export type CheckedGenerateOptions = Required<Omit<GenerateOptions, 'onStep' | 'eta' | typeof XL_OPTIONS[number]>> & Pick<GenerateOptions, 'eta' | typeof XL_OPTIONS[number]>;
+
+export function checkGenerateOptions(sd: StableDiffusion, o: GenerateOptions): CheckedGenerateOptions {
   checkGenerateValues(o);
+  const given = XL_OPTIONS.find((k) => o[k] !== undefined);
+  if (given && !sd.isXL) throw GenerateError.badOption(given, 'applies to SDXL models only (size conditioning)');
   const size = defaultSize(sd);
   const r = {
     prompt: o.prompt,
     negativePrompt: o.negativePrompt ?? '',
     steps: o.steps ?? 30,
-    guidance: o.guidance ?? 7.5,
+    guidance: o.guidance ?? defaultGuidance(sd),
     sampler: o.sampler ?? defaultSampler(sd),
     seed: o.seed ?? 42,
     width: o.width ?? size,
     height: o.height ?? size,
     count: o.count ?? 1,
     eta: o.eta,
+    ...(sd.isXL ? { originalSize: o.originalSize, cropsCoordsTopLeft: o.cropsCoordsTopLeft, targetSize: o.targetSize } : {}),
   };
   const f = sd.vaeFactor;
   const bad = (option: string, problem: string) => GenerateError.badOption(option, problem);
@@ -127,7 +160,13 @@ export async function generate(sd: StableDiffusion, opts: GenerateOptions): Prom
   const o = checkGenerateOptions(sd, opts);
   const f = sd.vaeFactor;
   const latentShape: [number, number, number] = [sd.latentChannels, o.height / f, o.width / f];
-  const [cond, uncond] = await matchChunks(sd, await encodePrompt(sd, o.prompt), await encodePrompt(sd, o.negativePrompt));
+  const prompt = await encodePrompt(sd, o.prompt);
+  const zeros = sd.isXL && o.negativePrompt === '' && sd.ckpt.forceZerosForEmptyPrompt === true;
+  const [cond, uncond] = await matchChunks(sd, prompt, zeros ? zeroPrompt(sd, prompt) : await encodePrompt(sd, o.negativePrompt));
+  const imageSize: [number, number] = [o.height, o.width];
+  const timeIds = sd.isXL
+    ? sdxlTimeIds({ originalSize: o.originalSize ?? imageSize, cropsCoordsTopLeft: o.cropsCoordsTopLeft ?? [0, 0], targetSize: o.targetSize ?? imageSize })
+    : undefined;
   const images: GeneratedImage[] = [];
   for (let i = 0; i < o.count; i++) {
     const seed = o.seed + i;
@@ -135,7 +174,7 @@ export async function generate(sd: StableDiffusion, opts: GenerateOptions): Prom
     const initLatents = gen.randn([1, ...latentShape]);
     const scheduler = createSampler(o.sampler, sd.ckpt.schedulerConfig, o.eta !== undefined ? { eta: o.eta } : {});
     const latents = await denoise(sd, {
-      scheduler, steps: o.steps, guidance: o.guidance, initLatents, latentShape, cond, uncond, noise: gen,
+      scheduler, steps: o.steps, guidance: o.guidance, initLatents, latentShape, cond, uncond, noise: gen, timeIds,
       onStep: (s) => opts.onStep?.(i, s.step + 1, s.steps),
     });
     const { image } = await decodeLatents(sd, latents, latentShape);

@@ -96,13 +96,13 @@ export class StableDiffusion {
   loadTextualInversion(source: string | LearnedEmbedding, opts: { token?: string } = {}): LearnedToken {
     const e = typeof source === 'string' ? loadEmbedding(source, opts) : { ...source, token: opts.token ?? source.token };
     const where = typeof source === 'string' ? source : `embedding "${e.token}"`;
-    // SDXL words (clip_l + clip_g) read fine now; clip_l alone must not pass for an SD 1.x word.
-    const sdxlProblem = e.vectors2 ? embeddingWidthProblem(e, { dim: this.hiddenSize }) : null;
-    if (sdxlProblem) throw new EmbeddingError(where, sdxlProblem, { usage: true });
-    if (e.dim !== this.hiddenSize || e.vectors.length !== e.count * e.dim) {
+    // An SDXL word (clip_l + clip_g) needs an SDXL model and the reverse; every message names both sides' widths.
+    const problem = embeddingWidthProblem(e, { dim: this.hiddenSize, dim2: this.isXL ? this.hiddenSize2 : undefined });
+    if (problem) throw new EmbeddingError(where, problem, { usage: true });
+    if (e.vectors.length !== e.count * e.dim) {
       throw new EmbeddingError(where, `the embedding has ${e.vectors.length / e.count}-dimensional vectors but this model's text encoder uses ${this.hiddenSize} (SD 1.x: 768, SD 2.x: 1024)`, { usage: true });
     }
-    return this.addLearnedToken(e.token, e.vectors, e.count);
+    return this.addLearnedToken(e.token, e.vectors, e.count, e.vectors2);
   }
 
   /** Width of the (first) text encoder: the width of a learned token's vectors (SDXL: clip_l's). */

@@ -28,6 +28,7 @@ export function sdxlTimeIds(s: SizeConditioning): Float32Array {
 }
 
 export async function encodePrompt(sd: StableDiffusion, text: string, opts: { emphasis?: boolean } = {}): Promise<EncodedPrompt> {
+  if (sd.isXL) return encodePromptXL(sd, text, opts);
   const embeddings = new Map([...sd.learned.values()].map((t) => [t.token, t.count]));
   const wp = tokenizeWeighted(sd.tokenizer, text, { embeddings, emphasis: opts.emphasis });
   const d = sd.hiddenSize;
@@ -38,18 +39,47 @@ export async function encodePrompt(sd: StableDiffusion, text: string, opts: { em
 }
 
 /**
+ * SDXL: each tokenizer chunks the prompt on its own (tokenizer 2 splits every "!" out, so
+ * their chunk counts can differ; the shorter is extended with chunks of ""), both encoders
+ * read chunk i, emphasis rescales each encoder's half on its own (A1111 weights each
+ * embedder's output), and the pooled embeds are the first chunk's (as A1111 and ComfyUI).
+ */
+async function encodePromptXL(sd: StableDiffusion, text: string, opts: { emphasis?: boolean }): Promise<EncodedPrompt> {
+  const embeddings = new Map([...sd.learned.values()].map((t) => [t.token, t.count]));
+  const chunked = [sd.tokenizer, sd.tokenizer2!].map((tok) => {
+    const wp = tokenizeWeighted(tok, text, { embeddings, emphasis: opts.emphasis });
+    return { wp, empty: tokenizeWeighted(tok, '').chunks[0] };
+  });
+  const n = Math.max(chunked[0].wp.chunks.length, chunked[1].wp.chunks.length);
+  const chunks = chunked.map(({ wp, empty }) => Array.from({ length: n }, (_, i) => wp.chunks[i] ?? empty));
+  const enc = await sd.encodeIdsXL(chunks[0].flatMap((c) => c.ids), chunks[1].flatMap((c) => c.ids), n);
+  const [d1, d2] = [sd.hiddenSize, sd.hiddenSize2];
+  const d = d1 + d2;
+  for (let i = 0; i < n; i++) {
+    for (const [k, off, w] of [[0, 0, d1], [1, d1, d2]] as const) {
+      if (!Array.from(chunks[k][i].weights).some((x) => x !== 1)) continue;
+      const half = new Float32Array(77 * w);
+      for (let t = 0; t < 77; t++) half.set(enc.hidden.subarray((i * 77 + t) * d + off, (i * 77 + t) * d + off + w), t * w);
+      applyEmphasis(half, [77, w], chunks[k][i].weights);
+      for (let t = 0; t < 77; t++) enc.hidden.set(half.subarray(t * w, (t + 1) * w), (i * 77 + t) * d + off);
+    }
+  }
+  return { hidden: enc.hidden, chunks: n, tokenCount: chunked[0].wp.tokenCount, pooled: enc.pooled.slice(0, sd.pooledSize) };
+}
+
+/**
  * Makes cond and uncond the same length (as A1111 does): the shorter is extended with
  * chunks of the empty prompt.
  */
 export async function matchChunks(sd: StableDiffusion, a: EncodedPrompt, b: EncodedPrompt): Promise<[EncodedPrompt, EncodedPrompt]> {
   if (a.chunks === b.chunks) return [a, b];
   const empty = await encodePrompt(sd, '');
-  const d = sd.hiddenSize;
+  const d = sd.contextSize;
   const pad = (p: EncodedPrompt, to: number): EncodedPrompt => {
     const hidden = new Float32Array(to * 77 * d);
     hidden.set(p.hidden);
     for (let i = p.chunks; i < to; i++) hidden.set(empty.hidden, i * 77 * d);
-    return { hidden, chunks: to, tokenCount: p.tokenCount };
+    return { hidden, chunks: to, tokenCount: p.tokenCount, pooled: p.pooled };
   };
   const to = Math.max(a.chunks, b.chunks);
   return [pad(a, to), pad(b, to)];
