@@ -6,7 +6,7 @@
 //   await run.save('./my-cat-ti');
 //   const [image] = await sd.generate({ prompt: 'a watercolor painting of <my-cat>', seed: 1 });
 //   savePng('cat.png', image.pixels, image.width, image.height);
-export { StableDiffusion, type SDOptions as LoadOptions, type LearnedToken } from './pipelines/stable-diffusion.ts';
+export { StableDiffusion, type SDOptions as LoadOptions, type LearnedToken, type XLEncoding, type XLConditioning } from './pipelines/stable-diffusion.ts';
 export type { GenerateOptions, GeneratedImage } from './pipelines/generate.ts';
 export {
   trainTextualInversion,

@@ -22,17 +22,13 @@ export function readJson(path: string): Record<string, unknown> {
 
 
 /**
- * A diffusers folder's model_index.json (when present) names an SD 1.x/2.x pipeline with a
+ * A diffusers folder's model_index.json (when present) names an SD 1.x/2.x/XL pipeline with a
  * text encoder, UNet and VAE; without it, the folder must at least hold unet/config.json.
  */
 export function checkDiffusersFolder(dir: string): void {
   const indexPath = join(dir, 'model_index.json');
   if (existsSync(indexPath)) {
     const idx = readJson(indexPath);
-    const cls = idx._class_name;
-    if (typeof cls === 'string' && /XL/.test(cls)) {
-      throw new CheckpointError(indexPath, `${cls} is an SDXL pipeline; oneword supports Stable Diffusion 1.x and 2.x`);
-    }
     for (const part of ['text_encoder', 'unet', 'vae']) {
       if (idx[part] === undefined || (Array.isArray(idx[part]) && idx[part][0] === null)) {
         throw new CheckpointError(indexPath, `the pipeline has no ${part} component`);
@@ -80,13 +76,13 @@ function componentFiles(dir: string, base: string, variant: 'fp16' | undefined, 
 const DEPRECATED_VAE_ATTENTION: [string, string][] = [['to_q', 'query'], ['to_k', 'key'], ['to_v', 'value'], ['to_out.0', 'proj_attn']];
 const IGNORED_DIFFUSERS_TENSORS = new Set(['text_model.embeddings.position_ids']);
 
-/** A component of a diffusers folder (`text_encoder`, `unet`, `vae`) checked against its weight spec; unused tensors become warnings. */
+/** A component of a diffusers folder (`text_encoder`, `text_encoder_2`, `unet`, `vae`) checked against its weight spec; unused tensors become warnings. */
 export function loadFolderComponent(
-  dir: string, sub: 'text_encoder' | 'unet' | 'vae', label: string, spec: WeightSpec,
+  dir: string, sub: 'text_encoder' | 'text_encoder_2' | 'unet' | 'vae', label: string, spec: WeightSpec,
   variant: 'fp16' | undefined, warnings: string[],
 ): FileWeights {
   const compDir = join(dir, sub);
-  const files = componentFiles(compDir, sub === 'text_encoder' ? 'model' : 'diffusion_pytorch_model', variant, warnings);
+  const files = componentFiles(compDir, sub.startsWith('text_encoder') ? 'model' : 'diffusion_pytorch_model', variant, warnings);
   const used = new Set<string>();
   const ws = resolveComponent(compDir, label, spec, (name) => {
     for (const cand of [name, ...(sub === 'vae' ? deprecatedVaeNames(name) : [])]) {
@@ -169,7 +165,7 @@ export function refusePickle(path: string): void {
 /** Why a safetensors file is not a whole SD checkpoint in the original layout, as precisely as its keys tell. */
 export function unknownFileProblem(f: SafetensorsFile, keys: string[]): string {
   const any = (re: RegExp) => keys.some((k) => re.test(k));
-  if (any(/^conditioner\.embedders\./)) return 'this is an SDXL checkpoint; oneword supports Stable Diffusion 1.x and 2.x';
+  if (any(/^conditioner\.embedders\./)) return 'SDXL text encoders without a UNet (no model.diffusion_model.* tensors), not a whole checkpoint';
   if (f.has('conv_in.weight') && any(/^down_blocks\./)) return 'this is a diffusers UNet weights file, not a whole checkpoint; pass the model folder (the one with model_index.json)';
   if (f.has('encoder.conv_in.weight') && f.has('decoder.conv_in.weight')) return 'this is a VAE weights file, not a whole checkpoint';
   if (any(/^text_model\./)) return 'this is a text encoder weights file, not a whole checkpoint';

@@ -17,6 +17,7 @@ export const CLIP_TEXT_BOUNDS: ConfigBounds = {
   pad_token_id: 1_000_000,
   bos_token_id: 1_000_000,
   eos_token_id: 1_000_000,
+  projection_dim: 8192,
 };
 
 /** diffusers' UNet2DConditionModel (SDXL: 10 transformer layers, 2048-wide context). */
@@ -34,6 +35,8 @@ export const UNET_BOUNDS: ConfigBounds = {
   num_attention_heads: 1024,
   conv_in_kernel: 15,
   conv_out_kernel: 15,
+  addition_time_embed_dim: 8192,
+  projection_class_embeddings_input_dim: 65536,
 };
 
 /** diffusers' AutoencoderKL. */

@@ -9,11 +9,15 @@ export const LDM_UNET_PREFIX = 'model.diffusion_model.';
 export const LDM_VAE_PREFIX = 'first_stage_model.';
 export const LDM_CLIP_PREFIX = 'cond_stage_model.transformer.';
 export const LDM_OPENCLIP_PREFIX = 'cond_stage_model.model.';
+/** SDXL (SGM layout): encoder 1 (OpenAI CLIP, transformers' names) and encoder 2 (OpenCLIP bigG, open_clip's names). */
+export const SGM_CLIP_PREFIX = 'conditioner.embedders.0.transformer.text_model.';
+export const SGM_OPENCLIP_PREFIX = 'conditioner.embedders.1.model.';
 
 type SubRule = [diffusers: string, ldm: string, transform?: Transform];
 interface BlockRule { d: string; l: string; sub?: readonly SubRule[] }
 
 const chunk = (index: number): Transform => ({ kind: 'chunk', index, count: 3 });
+const TRANSPOSE: Transform = { kind: 'transpose' };
 
 const UNET_RESNET: readonly SubRule[] = [
   ['norm1', 'in_layers.0'], ['conv1', 'in_layers.2'], ['time_emb_proj', 'emb_layers.1'],
@@ -31,7 +35,7 @@ const OPENCLIP_LAYER: readonly SubRule[] = [
   ['self_attn.k_proj.bias', 'attn.in_proj_bias', chunk(1)], ['self_attn.v_proj.bias', 'attn.in_proj_bias', chunk(2)],
 ];
 
-export type Component = 'textEncoder' | 'unet' | 'vae';
+export type Component = 'textEncoder' | 'textEncoder2' | 'unet' | 'vae';
 
 export interface LdmTensor {
   component: Component;
@@ -44,16 +48,24 @@ export interface LdmTensor {
   transform: Transform;
 }
 
-/** What the key mapping needs to know about a file (all of it readable off its keys). */
-/** Stable Diffusion generation: 1.x (OpenAI CLIP text encoder) or 2.x (OpenCLIP), which decides a file's text-encoder naming. */
-export type Family = 'sd1' | 'sd2';
+/**
+ * Stable Diffusion generation: 1.x (OpenAI CLIP text encoder), 2.x (OpenCLIP) or XL (both,
+ * plus pooled text and size conditioning), which decides a file's text-encoder naming.
+ */
+export type Family = 'sd1' | 'sd2' | 'sdxl';
 
+/** What the key mapping needs to know about a file (all of it readable off its keys). */
 export interface LdmLayout {
-  /** sd1: OpenAI CLIP under cond_stage_model.transformer; sd2: OpenCLIP under cond_stage_model.model */
+  /**
+   * sd1: OpenAI CLIP under cond_stage_model.transformer; sd2: OpenCLIP under cond_stage_model.model;
+   * sdxl: both under conditioner.embedders.{0,1}
+   */
   family: Family;
   /** where the CLIP text model lives: `cond_stage_model.transformer.text_model.` (usual) or `cond_stage_model.transformer.` (old transformers) */
   clipPrefix?: string;
   textLayers: number;
+  /** sdxl: encoder 2's layers */
+  text2Layers?: number;
   unetLevels: number;
   unetLayersPerBlock: number;
   /** per up block (diffusers order): whether it has attention (its upsampler then sits one index later) */
@@ -72,6 +84,9 @@ function unetBlockRules(layout: LdmLayout): BlockRule[] {
     { d: 'conv_in.', l: `${U}input_blocks.0.0.` },
     { d: 'time_embedding.linear_1.', l: `${U}time_embed.0.` },
     { d: 'time_embedding.linear_2.', l: `${U}time_embed.2.` },
+    // SDXL's text_time conditioning: a Sequential(Linear, SiLU, Linear) inside label_emb
+    { d: 'add_embedding.linear_1.', l: `${U}label_emb.0.0.` },
+    { d: 'add_embedding.linear_2.', l: `${U}label_emb.0.2.` },
     { d: 'conv_norm_out.', l: `${U}out.0.` },
     { d: 'conv_out.', l: `${U}out.2.` },
     { d: 'mid_block.resnets.0.', l: `${U}middle_block.0.`, sub: UNET_RESNET },
@@ -131,13 +146,19 @@ function vaeBlockRules(layout: LdmLayout): BlockRule[] {
 
 function textBlockRules(layout: LdmLayout): BlockRule[] {
   if (layout.family === 'sd1') return [{ d: 'text_model.', l: layout.clipPrefix ?? `${LDM_CLIP_PREFIX}text_model.` }];
-  const O = LDM_OPENCLIP_PREFIX;
+  if (layout.family === 'sdxl') return [{ d: 'text_model.', l: SGM_CLIP_PREFIX }];
+  return openClipRules(LDM_OPENCLIP_PREFIX, layout.textLayers);
+}
+
+/** An OpenCLIP text tower under `O` in transformers' names; `text_projection` is stored [D, Dp], i.e. transposed. */
+function openClipRules(O: string, layers: number): BlockRule[] {
   const r: BlockRule[] = [
     { d: 'text_model.embeddings.token_embedding.weight', l: `${O}token_embedding.weight` },
     { d: 'text_model.embeddings.position_embedding.weight', l: `${O}positional_embedding` },
     { d: 'text_model.final_layer_norm.', l: `${O}ln_final.` },
+    { d: 'text_projection.weight', l: `${O}text_projection`, sub: [['', '', TRANSPOSE]] },
   ];
-  for (let i = 0; i < layout.textLayers; i++) {
+  for (let i = 0; i < layers; i++) {
     r.push({ d: `text_model.encoder.layers.${i}.`, l: `${O}transformer.resblocks.${i}.`, sub: OPENCLIP_LAYER });
   }
   return r;
@@ -155,14 +176,15 @@ function mapName(rules: BlockRule[], name: string): { ldmName: string; transform
 }
 
 
-/** Every tensor of the three components' weight specs with the single-file key it comes from. */
-export function mapLdmNames(layout: LdmLayout, specs: Record<Component, WeightSpec>): LdmTensor[] {
+/** Every tensor of the components' weight specs with the single-file key it comes from (textEncoder2: SDXL only). */
+export function mapLdmNames(layout: LdmLayout, specs: Record<Exclude<Component, 'textEncoder2'>, WeightSpec> & { textEncoder2?: WeightSpec }): LdmTensor[] {
   const out: LdmTensor[] = [];
   const rules: Record<Component, BlockRule[]> = {
     textEncoder: textBlockRules(layout), unet: unetBlockRules(layout), vae: vaeBlockRules(layout),
+    textEncoder2: openClipRules(SGM_OPENCLIP_PREFIX, layout.text2Layers ?? 0),
   };
-  for (const component of ['textEncoder', 'unet', 'vae'] as const) {
-    for (const [name, shape] of specs[component]) {
+  for (const component of ['textEncoder', 'textEncoder2', 'unet', 'vae'] as const) {
+    for (const [name, shape] of specs[component] ?? []) {
       const m = mapName(rules[component], name);
       if (!m) throw new Error(`internal: no LDM mapping for ${component} tensor "${name}"`);
       out.push({ component, name, shape, ...m });
@@ -177,6 +199,8 @@ export const IGNORED_LDM = [
   /^(betas|alphas_cumprod|alphas_cumprod_prev|sqrt_alphas_cumprod|sqrt_one_minus_alphas_cumprod|log_one_minus_alphas_cumprod|sqrt_recip_alphas_cumprod|sqrt_recipm1_alphas_cumprod|posterior_variance|posterior_log_variance_clipped|posterior_mean_coef1|posterior_mean_coef2|logvar|v_pred)$/,
   /^cond_stage_model\.transformer\.(text_model\.)?embeddings\.position_ids$/,
   /^cond_stage_model\.model\.(text_projection|logit_scale|attn_mask)$/,
+  /^conditioner\.embedders\.0\.transformer\.text_model\.embeddings\.position_ids$/,
+  /^conditioner\.embedders\.1\.model\.(logit_scale|attn_mask)$/,
   /^first_stage_model\.loss\./,
 ];
 

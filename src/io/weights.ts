@@ -31,7 +31,9 @@ export type Transform =
   /** same bytes, trailing size-1 dims dropped (LDM VAE attention convs → linears) */
   | { kind: 'reshape' }
   /** part `index` of `count` equal parts along dim 0 (OpenCLIP's fused in_proj → q/k/v) */
-  | { kind: 'chunk'; index: number; count: number };
+  | { kind: 'chunk'; index: number; count: number }
+  /** a 2-D tensor stored transposed (OpenCLIP's text_projection [D, Dp] → [Dp, D]) */
+  | { kind: 'transpose' };
 
 /** Where one weight's bytes come from. */
 export interface WeightSource { file: SafetensorsFile; tensor: string; transform: Transform }
@@ -49,6 +51,7 @@ export class FileWeights implements WeightSet {
 
   float32(name: string): Float32Array {
     const { shape, src } = this.get(name);
+    if (src.transform.kind === 'transpose') return transposed(src.file.readFloat32(src.tensor), shape[1], shape[0]);
     if (src.transform.kind !== 'chunk') return src.file.readFloat32(src.tensor);
     const n = product(shape);
     return src.file.readFloat32(src.tensor, { start: src.transform.index * n, count: n });
@@ -57,7 +60,7 @@ export class FileWeights implements WeightSet {
   fileLocation(name: string): { path: string; offset: number; length: number } | null {
     const { shape, src } = this.get(name);
     const info = src.file.info(src.tensor);
-    if (info.dtype !== 'F32') return null;
+    if (info.dtype !== 'F32' || src.transform.kind === 'transpose') return null;
     const length = product(shape) * 4;
     const offset = info.offset + (src.transform.kind === 'chunk' ? src.transform.index * length : 0);
     return { path: src.file.path, offset, length };
@@ -84,6 +87,7 @@ export const RESHAPE: Transform = { kind: 'reshape' };
 const FLOAT_DTYPES = new Set<SafeDType>(['F32', 'F16', 'BF16', 'F64']);
 
 function shapeFits(src: number[], want: number[], t: Transform): boolean {
+  if (t.kind === 'transpose') return src.length === 2 && want.length === 2 && src[0] === want[1] && src[1] === want[0];
   if (t.kind === 'chunk') return src.length === want.length && src[0] === want[0] * t.count && src.slice(1).every((d, i) => d === want[i + 1]);
   if (t.kind === 'reshape') return src.length >= want.length && want.every((d, i) => d === src[i]) && src.slice(want.length).every((d) => d === 1);
   return src.length === want.length && src.every((d, i) => d === want[i]);
@@ -107,7 +111,8 @@ export function resolveComponent(
     const info = r.src.file.info(r.src.tensor);
     if (!FLOAT_DTYPES.has(info.dtype)) { wrong.push(`${r.srcLabel} has dtype ${info.dtype}, expected a float type`); continue; }
     if (!shapeFits(info.shape, shape, r.src.transform)) {
-      const want = r.src.transform.kind === 'chunk' ? [shape[0] * r.src.transform.count, ...shape.slice(1)] : shape;
+      const t = r.src.transform;
+      const want = t.kind === 'chunk' ? [shape[0] * t.count, ...shape.slice(1)] : t.kind === 'transpose' ? [...shape].reverse() : shape;
       wrong.push(`${r.srcLabel} has shape [${info.shape.join(', ')}], expected [${want.join(', ')}]`);
       continue;
     }
@@ -121,3 +126,10 @@ export function resolveComponent(
 }
 
 function product(s: number[]): number { return s.reduce((a, b) => a * b, 1); }
+
+/** A row-major [rows, cols] matrix as [cols, rows]. */
+function transposed(a: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(a.length);
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = a[i * cols + j];
+  return out;
+}

@@ -22,6 +22,8 @@ export interface CLIPTextConfig {
   pad_token_id: number;
   bos_token_id: number;
   eos_token_id: number;
+  /** Width of `text_projection`: set only for CLIPTextModelWithProjection (SDXL's second encoder). */
+  projection_dim?: number;
 }
 
 export function parseCLIPTextConfig(json: ConfigJson, path: string): CLIPTextConfig {
@@ -47,6 +49,7 @@ export function parseCLIPTextConfig(json: ConfigJson, path: string): CLIPTextCon
     bos_token_id: f.int('bos_token_id', 49406),
     eos_token_id: f.int('eos_token_id', 49407),
   };
+  if (hasTextProjection(json)) c.projection_dim = f.int('projection_dim', 512, 1);
   assertConfigBounds(c, CLIP_TEXT_BOUNDS, (problem) => new CheckpointError(path, problem));
   if (c.hidden_size % c.num_attention_heads !== 0) {
     throw new CheckpointError(path, `hidden_size ${c.hidden_size} is not divisible by num_attention_heads ${c.num_attention_heads}`);
@@ -54,7 +57,15 @@ export function parseCLIPTextConfig(json: ConfigJson, path: string): CLIPTextCon
   return c;
 }
 
-/** Every weight (names under the component, shapes) of a CLIP text encoder with config `c`. */
+/** Whether a text_encoder config.json names transformers' CLIPTextModelWithProjection. */
+export function hasTextProjection(json: ConfigJson): boolean {
+  return Array.isArray(json.architectures) && json.architectures.includes('CLIPTextModelWithProjection');
+}
+
+/**
+ * Every weight (names under the component, shapes) of a CLIP text encoder with config `c`;
+ * with a projection_dim (CLIPTextModelWithProjection) also `text_projection` [projection_dim, D], no bias.
+ */
 export function clipTextWeightSpec(c: CLIPTextConfig): WeightSpec {
   const m: WeightSpec = new Map();
   const D = c.hidden_size;
@@ -72,6 +83,7 @@ export function clipTextWeightSpec(c: CLIPTextConfig): WeightSpec {
     norm(`${p}.layer_norm2`);
   }
   norm('text_model.final_layer_norm');
+  if (c.projection_dim !== undefined) m.set('text_projection.weight', [c.projection_dim, D]);
   return m;
 }
 
@@ -101,24 +113,95 @@ function selfAttention(p: Params, x: Tensor, heads: number, d: number): Tensor {
   return proj('out_proj', out);
 }
 
-/** last_hidden_state [B, L, D] for int64 `ids` [B, L]. `p` is scoped at `text_model`. */
-export function clipTextEncoder(p: Params, cfg: CLIPTextConfig, ids: Tensor, opts: ClipTextOptions = {}): Tensor {
+/** Token + position embeddings: hidden_states[0]. */
+function embed(p: Params, cfg: CLIPTextConfig, ids: Tensor, extraRows?: Tensor): Tensor {
   const d = cfg.hidden_size;
   const [, l] = ids.shape;
   const emb = p.scope('embeddings');
   const pos = o.slice(emb.get('position_embedding.weight', [cfg.max_position_embeddings, d]), [0], [0], [l]);
-  let h = o.add(tokenEmbeddings(emb, cfg, ids, opts.extraRows), pos);
+  return o.add(tokenEmbeddings(emb, cfg, ids, extraRows), pos);
+}
+
+/** Encoder layer `i` (pre-LN self-attention and MLP, each residual): hidden_states[i] → hidden_states[i + 1]. */
+function encoderLayer(p: Params, cfg: CLIPTextConfig, i: number, h: Tensor): Tensor {
+  const d = cfg.hidden_size;
   const act = cfg.hidden_act === 'quick_gelu' ? o.quickGelu : o.gelu;
-  const eps = cfg.layer_norm_eps;
+  const lp = p.scope(`encoder.layers.${i}`);
+  const ln = (name: string, x: Tensor) => o.layerNorm(x, lp.get(`${name}.weight`, [d]), lp.get(`${name}.bias`, [d]), cfg.layer_norm_eps);
+  h = o.add(h, selfAttention(lp.scope('self_attn'), ln('layer_norm1', h), cfg.num_attention_heads, d));
+  const mlp = lp.scope('mlp');
+  const f = cfg.intermediate_size;
+  const up = act(o.linear(ln('layer_norm2', h), mlp.get('fc1.weight', [f, d]), mlp.get('fc1.bias', [f])));
+  return o.add(h, o.linear(up, mlp.get('fc2.weight', [d, f]), mlp.get('fc2.bias', [d])));
+}
+
+function finalLayerNorm(p: Params, cfg: CLIPTextConfig, h: Tensor): Tensor {
+  const d = cfg.hidden_size;
+  return o.layerNorm(h, p.get('final_layer_norm.weight', [d]), p.get('final_layer_norm.bias', [d]), cfg.layer_norm_eps);
+}
+
+/** last_hidden_state [B, L, D] for int64 `ids` [B, L]. `p` is scoped at `text_model`. */
+export function clipTextEncoder(p: Params, cfg: CLIPTextConfig, ids: Tensor, opts: ClipTextOptions = {}): Tensor {
+  let h = embed(p, cfg, ids, opts.extraRows);
   const n = opts.layers ?? cfg.num_hidden_layers;
-  for (let i = 0; i < n; i++) {
-    const lp = p.scope(`encoder.layers.${i}`);
-    const ln = (name: string, x: Tensor) => o.layerNorm(x, lp.get(`${name}.weight`, [d]), lp.get(`${name}.bias`, [d]), eps);
-    h = o.add(h, selfAttention(lp.scope('self_attn'), ln('layer_norm1', h), cfg.num_attention_heads, d));
-    const mlp = lp.scope('mlp');
-    const f = cfg.intermediate_size;
-    const up = act(o.linear(ln('layer_norm2', h), mlp.get('fc1.weight', [f, d]), mlp.get('fc1.bias', [f])));
-    h = o.add(h, o.linear(up, mlp.get('fc2.weight', [d, f]), mlp.get('fc2.bias', [d])));
+  for (let i = 0; i < n; i++) h = encoderLayer(p, cfg, i, h);
+  return finalLayerNorm(p, cfg, h);
+}
+
+/**
+ * What SDXL reads from an encoder: `penultimate` = hidden_states[-2] [B, L, D], the output
+ * of the second-to-last layer WITHOUT the final LayerNorm, and `last` = last_hidden_state
+ * (every layer, then the final LayerNorm), which only the pooled output uses. A graph that
+ * outputs `penultimate` alone never computes the last layer. `p` is scoped at `text_model`.
+ */
+export function clipTextHiddenStates(p: Params, cfg: CLIPTextConfig, ids: Tensor, opts: Pick<ClipTextOptions, 'extraRows'> = {}): { penultimate: Tensor; last: Tensor } {
+  let h = embed(p, cfg, ids, opts.extraRows);
+  const n = cfg.num_hidden_layers;
+  for (let i = 0; i < n - 1; i++) h = encoderLayer(p, cfg, i, h);
+  return { penultimate: h, last: finalLayerNorm(p, cfg, encoderLayer(p, cfg, n - 1, h)) };
+}
+
+/**
+ * CLIPTextModelWithProjection's text_embeds [B, Dp]: `last` [B, L, D] at one position per
+ * row, times `text_projection` (no bias). `pool` [B, L] is that position one-hot
+ * (clipPoolingMask), so the selection is exact and differentiable. `p` is the component's root.
+ */
+export function clipTextPooled(p: Params, cfg: CLIPTextConfig, last: Tensor, pool: Tensor): Tensor {
+  const d = cfg.hidden_size;
+  const dp = cfg.projection_dim;
+  if (dp === undefined) throw new CheckpointError('text encoder', 'has no text_projection (not a CLIPTextModelWithProjection)');
+  const [b, l] = pool.shape;
+  const pooled = o.reduceSum(o.mul(last, o.reshape(pool, [b, l, 1])), [1]);
+  return o.linear(pooled, p.get('text_projection.weight', [dp, d]));
+}
+
+/**
+ * The position transformers' CLIPTextTransformer pools at, per row of `ids` [B·L]: with the
+ * legacy `eos_token_id` 2 (SDXL base's configs) argmax(ids), the HIGHEST id, which is a learned
+ * token's position when the prompt has one (ids ≥ vocab_size), else the eos; otherwise the
+ * first `eos_token_id`. First occurrence wins, as torch.argmax does.
+ */
+export function clipPoolingPositions(cfg: CLIPTextConfig, ids: ArrayLike<number | bigint>, batch: number): number[] {
+  const l = ids.length / batch;
+  const out: number[] = [];
+  for (let b = 0; b < batch; b++) {
+    let best = 0;
+    for (let i = 0; i < l; i++) {
+      const v = Number(ids[b * l + i]);
+      if (cfg.eos_token_id === 2 ? v > Number(ids[b * l + best]) : v === cfg.eos_token_id) {
+        best = i;
+        if (cfg.eos_token_id !== 2) break;
+      }
+    }
+    out.push(best);
   }
-  return o.layerNorm(h, p.get('final_layer_norm.weight', [d]), p.get('final_layer_norm.bias', [d]), eps);
+  return out;
+}
+
+/** clipPoolingPositions as the one-hot [B, L] clipTextPooled takes. */
+export function clipPoolingMask(cfg: CLIPTextConfig, ids: ArrayLike<number | bigint>, batch: number): Float32Array {
+  const l = ids.length / batch;
+  const mask = new Float32Array(ids.length);
+  clipPoolingPositions(cfg, ids, batch).forEach((pos, b) => { mask[b * l + pos] = 1; });
+  return mask;
 }

@@ -1,14 +1,15 @@
-// Configs read off an original-layout (CompVis/LDM) single file, whose only description of
-// its architecture is its tensors' names and shapes. What no weight records (attention
-// heads, training resolution) follows the released SD 1.x / 2.x configs; a file that differs
-// needs its configs given (a diffusers folder's */config.json, see pipelines/checkpoint.ts).
+// Configs read off an original-layout (CompVis/LDM, or SGM for SDXL) single file, whose only
+// description of its architecture is its tensors' names and shapes. What no weight records
+// (attention heads, norm groups, training resolution) follows the released SD 1.x / 2.x / XL
+// configs; a file that differs needs its configs given (a diffusers folder's */config.json,
+// see pipelines/checkpoint.ts).
 import type { SafetensorsFile } from '../io/safetensors.ts';
 import { CheckpointError } from '../io/weights.ts';
 import {
-  LDM_CLIP_PREFIX, LDM_OPENCLIP_PREFIX, LDM_UNET_PREFIX, LDM_VAE_PREFIX, keyIndices, type Family,
+  LDM_CLIP_PREFIX, LDM_OPENCLIP_PREFIX, LDM_UNET_PREFIX, LDM_VAE_PREFIX, SGM_OPENCLIP_PREFIX, keyIndices, type Family,
 } from '../io/ldm-names.ts';
 import type { CLIPTextConfig } from './clip-text.ts';
-import { validateUNet, type UNetConfig, type UNetDownBlockType, type UNetUpBlockType } from './unet-config.ts';
+import { SDXL_TIME_IDS, validateUNet, type UNetConfig, type UNetDownBlockType, type UNetUpBlockType } from './unet-config.ts';
 import type { VAEConfig } from './vae.ts';
 
 /** One single file's tensors, with the shape lookups every reader below needs. */
@@ -58,20 +59,27 @@ export function clipTextConfigFromLdm(f: LdmFile, clipPrefix: string): CLIPTextC
   };
 }
 
-/** The CLIP text config of an SD 2.x file's OpenCLIP encoder, as diffusers converts it. */
-export function openClipTextConfigFromLdm(f: LdmFile): CLIPTextConfig {
-  const O = LDM_OPENCLIP_PREFIX;
+/**
+ * The CLIP text config of an OpenCLIP encoder, as diffusers converts it: SD 2.x's under
+ * cond_stage_model.model (its last layer unused, so dropped), or SDXL's encoder 2 under
+ * conditioner.embedders.1.model (every layer kept: the pooled output reads the last, through
+ * ln_final and text_projection).
+ */
+export function openClipTextConfigFromLdm(f: LdmFile, family: Family = 'sd2'): CLIPTextConfig {
+  const O = family === 'sdxl' ? SGM_OPENCLIP_PREFIX : LDM_OPENCLIP_PREFIX;
   const [V_, D] = f.need(`${O}token_embedding.weight`, 'the text encoder width', 2);
-  const blocks = f.indices(/^cond_stage_model\.model\.transformer\.resblocks\.(\d+)\./);
+  const blocks = f.indices(new RegExp(`^${escapeRe(O)}transformer\\.resblocks\\.(\\d+)\\.`));
   // SD 2.x conditions on the penultimate OpenCLIP layer, so diffusers drops the last one.
-  if (blocks.length < 2) throw new CheckpointError(f.path, `OpenCLIP text encoder has ${blocks.length} layers; SD 2.x needs at least 2 (the last is unused)`);
-  return {
+  if (blocks.length < 2) throw new CheckpointError(f.path, `OpenCLIP text encoder has ${blocks.length} layers; ${family === 'sdxl' ? 'SDXL' : 'SD 2.x'} needs at least 2`);
+  const c: CLIPTextConfig = {
     vocab_size: V_, hidden_size: D,
     intermediate_size: f.need(`${O}transformer.resblocks.0.mlp.c_fc.weight`, 'the text encoder MLP width', 2)[0],
-    num_hidden_layers: blocks.length - 1, num_attention_heads: clipHeads(D),
+    num_hidden_layers: family === 'sdxl' ? blocks.length : blocks.length - 1, num_attention_heads: clipHeads(D),
     max_position_embeddings: f.need(`${O}positional_embedding`, 'the text length', 2)[0],
     hidden_act: 'gelu', layer_norm_eps: 1e-5, pad_token_id: 1, bos_token_id: 0, eos_token_id: 2,
   };
+  if (family === 'sdxl') c.projection_dim = f.need(`${O}text_projection`, 'the pooled text width', 2)[1];
+  return c;
 }
 
 /** Where the SD 1.x CLIP text model sits: under `text_model.` (usual) or directly (old transformers). */
@@ -93,13 +101,45 @@ function unetLevels(f: LdmFile): { levels: number; layersPerBlock: number } {
 }
 
 /**
+ * Transformer depth per level (1 where a level has no attention, as SDXL's config writes it).
+ * diffusers gives the mid block the last level's depth, so a file whose mid block differs
+ * from an attention-bearing last level has no diffusers config.
+ */
+function unetDepths(f: LdmFile, levels: number, L: number, down: UNetDownBlockType[]): number | number[] {
+  const count = (block: string) => f.indices(new RegExp(`^model\\.diffusion_model\\.${escapeRe(block)}\\.1\\.transformer_blocks\\.(\\d+)\\.`)).length;
+  const depth = down.map((t, i) => (t === 'CrossAttnDownBlock2D' ? count(`input_blocks.${1 + i * (L + 1)}`) : 1));
+  const mid = count('middle_block');
+  if (down[levels - 1] === 'CrossAttnDownBlock2D' && depth[levels - 1] !== mid) {
+    throw new CheckpointError(f.path, `UNet middle block has ${mid} transformer layers but the last level has ${depth[levels - 1]}; diffusers' UNet gives both the same depth`);
+  }
+  depth[levels - 1] = mid;
+  return depth.every((d) => d === depth[0]) ? depth[0] : depth;
+}
+
+/**
+ * SDXL's text_time conditioning off label_emb.0.0 [E, Dp + 6A], with Dp the width of encoder 2's
+ * text_projection; all null for SD 1.x/2.x files.
+ */
+function textTimeFromLdm(f: LdmFile, family: Family): Pick<UNetConfig, 'addition_embed_type' | 'addition_time_embed_dim' | 'projection_class_embeddings_input_dim'> {
+  if (family !== 'sdxl') return { addition_embed_type: null, addition_time_embed_dim: null, projection_class_embeddings_input_dim: null };
+  const [, input] = f.need(`${LDM_UNET_PREFIX}label_emb.0.0.weight`, "the UNet's pooled-text and time-id conditioning", 2);
+  const dp = f.need(`${SGM_OPENCLIP_PREFIX}text_projection`, 'the pooled text width', 2)[1];
+  const a = (input - dp) / SDXL_TIME_IDS;
+  if (!Number.isInteger(a) || a <= 0 || a % 2 !== 0) {
+    throw new CheckpointError(f.path, `UNet label_emb.0.0 takes ${input} inputs, which is not the pooled text width ${dp} plus ${SDXL_TIME_IDS} even-width time-id embeddings`);
+  }
+  return { addition_embed_type: 'text_time', addition_time_embed_dim: a, projection_class_embeddings_input_dim: input };
+}
+
+/**
  * The UNet config of a single file. `sampleSize` (latent pixels) is not recorded in the
- * weights; heads are not either: SD 1.x configs give 8 heads everywhere, SD 2.x configs
- * 64-wide heads per level.
+ * weights; heads are not either: SD 1.x configs give 8 heads everywhere, SD 2.x and SDXL
+ * configs 64-wide heads per level (diffusers' single-file conversion: channels / 64; SDXL
+ * base: [5, 10, 20]); nor are norm groups (32 in every release).
  */
 export function unetConfigFromLdm(f: LdmFile, family: Family, sampleSize: number): UNetConfig {
   const U = LDM_UNET_PREFIX;
-  if (f.some(/^model\.diffusion_model\.label_emb\./)) throw new CheckpointError(f.path, 'class-conditioned UNet (label_emb, e.g. an upscaler or SDXL) is not supported');
+  if (family !== 'sdxl' && f.some(/^model\.diffusion_model\.label_emb\./)) throw new CheckpointError(f.path, 'class-conditioned UNet (label_emb, e.g. an upscaler) is not supported');
   const { levels, layersPerBlock: L } = unetLevels(f);
   const [C0, inCh, kIn] = f.need(`${U}input_blocks.0.0.weight`, 'the UNet input channels', 4);
   const boc: number[] = [];
@@ -112,10 +152,9 @@ export function unetConfigFromLdm(f: LdmFile, family: Family, sampleSize: number
     upTypes.push(f.has(`${U}output_blocks.${i * (L + 1)}.1.proj_in.weight`) ? 'CrossAttnUpBlock2D' : 'UpBlock2D');
   }
   const midProj = f.file.tensors.get(`${U}middle_block.1.proj_in.weight`);
-  if (!midProj) throw new CheckpointError(f.path, 'UNet middle block has no transformer (middle_block.1.proj_in.weight): not an SD 1.x/2.x UNet');
+  if (!midProj) throw new CheckpointError(f.path, 'UNet middle block has no transformer (middle_block.1.proj_in.weight): not an SD 1.x/2.x/XL UNet');
   const crossKey = f.keys.find((k) => k.startsWith(U) && k.endsWith('.transformer_blocks.0.attn2.to_k.weight'));
   if (!crossKey) throw new CheckpointError(f.path, 'UNet has no cross-attention (attn2.to_k) weights');
-  const depth = f.indices(/^model\.diffusion_model\.middle_block\.1\.transformer_blocks\.(\d+)\./).length;
   const [T] = f.need(`${U}time_embed.0.weight`, 'the time embedding width', 2);
   if (T !== 4 * C0) throw new CheckpointError(f.path, `UNet time embedding is ${T} wide; SD UNets use 4 × ${C0}`);
   const [outCh, , kOut] = f.need(`${U}out.2.weight`, 'the UNet output channels', 4);
@@ -125,20 +164,21 @@ export function unetConfigFromLdm(f: LdmFile, family: Family, sampleSize: number
     down_block_types: downTypes, mid_block_type: 'UNetMidBlock2DCrossAttn', up_block_types: upTypes,
     block_out_channels: boc, layers_per_block: L, downsample_padding: 1, mid_block_scale_factor: 1, act_fn: 'silu',
     norm_num_groups: 32, norm_eps: 1e-5, cross_attention_dim: f.file.tensors.get(crossKey)!.shape[1],
-    transformer_layers_per_block: depth,
+    transformer_layers_per_block: unetDepths(f, levels, L, downTypes),
     attention_head_dim: family === 'sd1' ? 8 : boc.map((ch) => (ch % 64 === 0 ? ch / 64 : 1)),
     num_attention_heads: null,
     use_linear_projection: midProj.shape.length === 2,
     // Only changes fp16 numerics (attention computed in fp32); SD 2.1 sets it, and it is harmless in fp32.
     upcast_attention: family === 'sd2',
     resnet_time_scale_shift: 'default', time_embedding_type: 'positional', conv_in_kernel: kIn, conv_out_kernel: kOut,
+    ...textTimeFromLdm(f, family),
   };
   validateUNet(c, f.path);
   return c;
 }
 
-/** The VAE config of a single file; `sampleSize` (image pixels) is not recorded in the weights. */
-export function vaeConfigFromLdm(f: LdmFile, sampleSize: number): VAEConfig {
+/** The VAE config of a single file; `sampleSize` (image pixels) is not recorded in the weights, nor is the latent scale (SD 1.x/2.x 0.18215, SDXL 0.13025). */
+export function vaeConfigFromLdm(f: LdmFile, sampleSize: number, family: Family = 'sd1'): VAEConfig {
   const V = LDM_VAE_PREFIX;
   const vLevels = f.indices(/^first_stage_model\.encoder\.down\.(\d+)\./);
   if (!vLevels.length) throw new CheckpointError(f.path, 'no VAE encoder levels (first_stage_model.encoder.down.*)');
@@ -150,7 +190,7 @@ export function vaeConfigFromLdm(f: LdmFile, sampleSize: number): VAEConfig {
     down_block_types: vBoc.map(() => 'DownEncoderBlock2D' as const), up_block_types: vBoc.map(() => 'UpDecoderBlock2D' as const),
     block_out_channels: vBoc, layers_per_block: f.indices(/^first_stage_model\.encoder\.down\.0\.block\.(\d+)\./).length,
     act_fn: 'silu', latent_channels: lat, norm_num_groups: 32,
-    sample_size: sampleSize, scaling_factor: 0.18215, shift_factor: null, force_upcast: true,
+    sample_size: sampleSize, scaling_factor: family === 'sdxl' ? 0.13025 : 0.18215, shift_factor: null, force_upcast: true,
     use_quant_conv: f.has(`${V}quant_conv.weight`), use_post_quant_conv: f.has(`${V}post_quant_conv.weight`),
     mid_block_add_attention: f.has(`${V}encoder.mid.attn_1.q.weight`),
   };

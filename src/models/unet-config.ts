@@ -35,15 +35,24 @@ export interface UNetConfig {
   time_embedding_type: 'positional';
   conv_in_kernel: number;
   conv_out_kernel: number;
+  /**
+   * 'text_time' (SDXL): the time embedding also gets add_embedding(concat(pooled text embeds,
+   * sinusoidal embeddings of the time ids)); null: none (SD 1.x/2.x).
+   */
+  addition_embed_type?: 'text_time' | null;
+  /** Width of each time id's sinusoidal embedding (SDXL base: 256). */
+  addition_time_embed_dim?: number | null;
+  /** add_embedding's input width: pooled text width + time ids × addition_time_embed_dim (SDXL base: 1280 + 6 × 256). */
+  projection_class_embeddings_input_dim?: number | null;
 }
+
+/** The number of time ids SDXL conditions on: original size (h, w), crop top-left (y, x), target size (h, w). */
+export const SDXL_TIME_IDS = 6;
 
 /** UNet2DConditionModel options that select architectures oneword does not implement, with their defaults. */
 const UNET_UNSUPPORTED: [key: string, def: unknown, what: string][] = [
-  ['addition_embed_type', null, 'added conditioning (SDXL-style)'],
-  ['addition_time_embed_dim', null, 'added time conditioning (SDXL-style)'],
   ['class_embed_type', null, 'class embeddings'],
   ['num_class_embeds', null, 'class embeddings'],
-  ['projection_class_embeddings_input_dim', null, 'class embeddings'],
   ['class_embeddings_concat', false, 'class embeddings'],
   ['encoder_hid_dim', null, 'encoder hidden projection'],
   ['encoder_hid_dim_type', null, 'encoder hidden projection'],
@@ -68,7 +77,11 @@ export function parseUNetConfig(json: ConfigJson, path: string): UNetConfig {
     // null and false both mean "off" to diffusers for the boolean-ish options
     const isDefault = v === undefined || v === def || v === null ||
       ((def === false || def === null) && (v === false || (Array.isArray(v) && v.every((x) => x === false))));
-    if (!isDefault) throw new CheckpointError(path, `UNet uses ${what} ("${key}": ${JSON.stringify(v)}), which oneword does not support (it runs Stable Diffusion 1.x/2.x UNets)`);
+    if (!isDefault) throw new CheckpointError(path, `UNet uses ${what} ("${key}": ${JSON.stringify(v)}), which oneword does not support (it runs Stable Diffusion 1.x/2.x and SDXL UNets)`);
+  }
+  const addition = json.addition_embed_type ?? null;
+  if (addition !== null && addition !== 'text_time') {
+    throw new CheckpointError(path, `UNet uses added conditioning "addition_embed_type": ${JSON.stringify(addition)}, which oneword does not support (only SDXL's "text_time", or null)`);
   }
   const c: UNetConfig = {
     sample_size: f.nullableNum('sample_size'),
@@ -97,6 +110,9 @@ export function parseUNetConfig(json: ConfigJson, path: string): UNetConfig {
     time_embedding_type: f.oneOf('time_embedding_type', 'positional', ['positional'] as const, 'time embedding type'),
     conv_in_kernel: f.int('conv_in_kernel', 3, 1),
     conv_out_kernel: f.int('conv_out_kernel', 3, 1),
+    addition_embed_type: addition,
+    addition_time_embed_dim: json.addition_time_embed_dim == null ? null : f.int('addition_time_embed_dim', 256, 1),
+    projection_class_embeddings_input_dim: json.projection_class_embeddings_input_dim == null ? null : f.int('projection_class_embeddings_input_dim', 2816, 1),
   };
   assertConfigBounds(c, UNET_BOUNDS, (problem) => new CheckpointError(path, problem));
   validateUNet(c, path);
@@ -112,6 +128,7 @@ export function validateUNet(c: UNetConfig, path: string): void {
     if (Array.isArray(v) && v.length !== n) throw new CheckpointError(path, `"${k}" lists ${v.length} values for ${n} blocks`);
   }
   if (c.conv_in_kernel % 2 === 0 || c.conv_out_kernel % 2 === 0) throw new CheckpointError(path, 'conv_in_kernel and conv_out_kernel must be odd');
+  validateTextTime(c, path);
   const heads = unetAttentionHeads(c);
   const check = (ch: number, h: number, where: string) => {
     if (ch % h !== 0) throw new CheckpointError(path, `${where}: ${ch} channels do not split into ${h} attention heads`);
@@ -123,14 +140,39 @@ export function validateUNet(c: UNetConfig, path: string): void {
   }
 }
 
+/** SDXL's text_time conditioning needs both widths, and its input must hold the six time embeddings. */
+function validateTextTime(c: UNetConfig, path: string): void {
+  if (c.addition_embed_type !== 'text_time') return;
+  const a = c.addition_time_embed_dim;
+  const input = c.projection_class_embeddings_input_dim;
+  if (a == null) throw new CheckpointError(path, '"addition_embed_type" is "text_time" but "addition_time_embed_dim" is not set');
+  if (input == null) throw new CheckpointError(path, '"addition_embed_type" is "text_time" but "projection_class_embeddings_input_dim" is not set');
+  if (a % 2 !== 0) throw new CheckpointError(path, `"addition_time_embed_dim" must be even (sin and cos halves), got ${a}`);
+  if (input <= SDXL_TIME_IDS * a) {
+    throw new CheckpointError(path, `"projection_class_embeddings_input_dim" ${input} leaves no room for the pooled text embeds beside ${SDXL_TIME_IDS} time ids × "addition_time_embed_dim" ${a}`);
+  }
+}
+
+/** Width of the pooled text embeds a text_time UNet expects (projection_class_embeddings_input_dim − 6 × addition_time_embed_dim), else null. */
+export function unetPooledTextWidth(c: UNetConfig): number | null {
+  if (c.addition_embed_type !== 'text_time') return null;
+  return c.projection_class_embeddings_input_dim! - SDXL_TIME_IDS * c.addition_time_embed_dim!;
+}
+
 /** Heads per UNet level (down-block order; up blocks use it reversed, the mid block the last entry). */
 export function unetAttentionHeads(c: UNetConfig): number[] {
   return perBlock(c.num_attention_heads ?? c.attention_head_dim, c.block_out_channels.length);
 }
 
-/** Transformer depth per UNet level (down-block order). */
+/** Transformer depth per UNet level (down-block order; up blocks use it reversed). */
 export function unetTransformerLayers(c: UNetConfig): number[] {
   return perBlock(c.transformer_layers_per_block, c.block_out_channels.length);
+}
+
+/** The mid block's transformer depth: diffusers gives it the last level's (SDXL base: 10). */
+export function unetMidBlockLayers(c: UNetConfig): number {
+  const depth = unetTransformerLayers(c);
+  return depth[depth.length - 1];
 }
 
 /** Every weight (names under the component, shapes) of a UNet2DConditionModel with config `c`. */
@@ -176,6 +218,10 @@ export function unetWeightSpec(c: UNetConfig): WeightSpec {
   conv('conv_in', C0, c.in_channels, c.conv_in_kernel);
   lin('time_embedding.linear_1', T, C0);
   lin('time_embedding.linear_2', T, T);
+  if (c.addition_embed_type === 'text_time') {
+    lin('add_embedding.linear_1', T, c.projection_class_embeddings_input_dim!);
+    lin('add_embedding.linear_2', T, T);
+  }
   let out = C0;
   for (let i = 0; i < n; i++) {
     const inp = out;
@@ -188,7 +234,7 @@ export function unetWeightSpec(c: UNetConfig): WeightSpec {
   }
   const Cl = boc[n - 1];
   resnet('mid_block.resnets.0', Cl, Cl);
-  transformer('mid_block.attentions.0', Cl, depth[n - 1]);
+  transformer('mid_block.attentions.0', Cl, unetMidBlockLayers(c));
   resnet('mid_block.resnets.1', Cl, Cl);
   const rev = boc.slice().reverse();
   const revDepth = depth.slice().reverse();

@@ -6,7 +6,7 @@ import { GraphError, type Tensor } from '../graph/index.ts';
 import type { Params } from './params.ts';
 import { attentionP, conv, fromTokens, groupNormP, layerNormP, linearP, resnetBlock2D, toTokens } from './blocks.ts';
 
-import { unetAttentionHeads, unetTransformerLayers, type UNetConfig } from './unet-config.ts';
+import { unetAttentionHeads, unetMidBlockLayers, unetTransformerLayers, type UNetConfig } from './unet-config.ts';
 
 export * from './unet-config.ts';
 
@@ -26,6 +26,34 @@ function timestepEmbedding(t: Tensor, dim: number, flip: boolean, shift: number)
   const args = o.mul(o.reshape(t, [t.shape[0], 1]), t.graph.constant(freqs, [1, half]));
   const [s, c] = [o.sin(args), o.cos(args)];
   return o.concat(flip ? [c, s] : [s, c], 1);
+}
+
+/** SDXL's added conditioning (diffusers' added_cond_kwargs): pooled text embeds [B, Dp] and time ids [B, 6]. */
+export interface UNetAddedConditions {
+  textEmbeds: Tensor;
+  timeIds: Tensor;
+}
+
+/** t_emb [B, 4·C0]: time_embedding(sinusoidal(t)). */
+export function unetTimeEmbedding(p: Params, cfg: UNetConfig, t: Tensor): Tensor {
+  const c0 = cfg.block_out_channels[0];
+  const tdim = 4 * c0;
+  const temb = linearP(p.scope('time_embedding.linear_1'), timestepEmbedding(t, c0, cfg.flip_sin_to_cos ?? true, cfg.freq_shift ?? 0), tdim);
+  return linearP(p.scope('time_embedding.linear_2'), o.silu(temb), tdim);
+}
+
+/** time_embeds [B, n·A]: each of the n time ids embedded on its own (diffusers' add_time_proj), side by side. */
+export function unetTimeIdsEmbedding(cfg: UNetConfig, timeIds: Tensor): Tensor {
+  const [b, n] = timeIds.shape;
+  const a = cfg.addition_time_embed_dim!;
+  return o.reshape(timestepEmbedding(o.reshape(timeIds, [b * n]), a, cfg.flip_sin_to_cos ?? true, cfg.freq_shift ?? 0), [b, n * a]);
+}
+
+/** aug_emb [B, 4·C0] = add_embedding(concat(text_embeds, time_embeds)), what text_time adds to t_emb. */
+export function unetAddedEmbedding(p: Params, cfg: UNetConfig, added: UNetAddedConditions): Tensor {
+  const tdim = 4 * cfg.block_out_channels[0];
+  const x = o.concat([added.textEmbeds, unetTimeIdsEmbedding(cfg, added.timeIds)], 1);
+  return linearP(p.scope('add_embedding.linear_2'), o.silu(linearP(p.scope('add_embedding.linear_1'), x, tdim)), tdim);
 }
 
 /** diffusers Transformer2DModel: `depth` blocks of self-attention, cross-attention and a GEGLU feed-forward. */
@@ -56,16 +84,17 @@ function transformer2D(p: Params, x: Tensor, heads: number, depth: number, ctx: 
 
 /**
  * Predicted noise (or v) [B, C, h, w] for latents `sample` [B, C, h, w], timesteps `t`
- * [B] (float: integer and fractional timesteps alike) and text context [B, L, D].
+ * [B] (float: integer and fractional timesteps alike) and text context [B, L, D]; an SDXL
+ * (text_time) UNet also takes `added` (pooled text embeds and time ids).
  * Any latent size works: each upsampler resizes to the matching skip's size, which is
  * what diffusers does when the size is not divisible by the UNet's total down factor.
  */
-export function unet2DCondition(p: Params, cfg: UNetConfig, sample: Tensor, t: Tensor, context: Tensor): Tensor {
-  const c0 = cfg.block_out_channels[0];
-  const tproj = timestepEmbedding(t, c0, cfg.flip_sin_to_cos ?? true, cfg.freq_shift ?? 0);
-  const tdim = 4 * c0;
-  let temb = linearP(p.scope('time_embedding.linear_1'), tproj, tdim);
-  temb = linearP(p.scope('time_embedding.linear_2'), o.silu(temb), tdim);
+export function unet2DCondition(p: Params, cfg: UNetConfig, sample: Tensor, t: Tensor, context: Tensor, added?: UNetAddedConditions): Tensor {
+  let temb = unetTimeEmbedding(p, cfg, t);
+  if (cfg.addition_embed_type === 'text_time') {
+    if (!added) throw new GraphError('UNet: an SDXL (text_time) UNet needs the pooled text embeds and time ids');
+    temb = o.add(temb, unetAddedEmbedding(p, cfg, added));
+  }
   const ctx: Ctx = { cfg, groups: cfg.norm_num_groups, eps: cfg.norm_eps, context, temb };
   const heads = unetAttentionHeads(cfg);
   const depth = unetTransformerLayers(cfg);
@@ -90,7 +119,7 @@ export function unet2DCondition(p: Params, cfg: UNetConfig, sample: Tensor, t: T
 
   const mid = p.scope('mid_block');
   h = resnetBlock2D(mid.scope('resnets.0'), h, temb, ctx.groups, ctx.eps);
-  h = transformer2D(mid.scope('attentions.0'), h, heads[nBlocks - 1], depth[nBlocks - 1], ctx);
+  h = transformer2D(mid.scope('attentions.0'), h, heads[nBlocks - 1], unetMidBlockLayers(cfg), ctx);
   h = resnetBlock2D(mid.scope('resnets.1'), h, temb, ctx.groups, ctx.eps);
 
   cfg.up_block_types.forEach((type, i) => {

@@ -1,10 +1,12 @@
-// A Stable Diffusion 1.x / 2.x checkpoint on disk → typed configs + lazy weights under
+// A Stable Diffusion 1.x / 2.x / XL checkpoint on disk → typed configs + lazy weights under
 // diffusers' names, as diffusers' from_pretrained / from_single_file assemble a pipeline.
 // Two layouts are understood:
-//  * diffusers folders (model_index.json, text_encoder/, unet/, vae/, scheduler/, tokenizer/)
+//  * diffusers folders (model_index.json, text_encoder/, unet/, vae/, scheduler/, tokenizer/;
+//    SDXL also text_encoder_2/ and tokenizer_2/)
 //  * single .safetensors files in the original CompVis/LDM naming (model.diffusion_model.*,
-//    first_stage_model.*, cond_stage_model.*), whose configuration is read off tensor names
-//    and shapes (models/ldm-configs.ts) and whose names map onto diffusers' (io/ldm-names.ts).
+//    first_stage_model.*, cond_stage_model.*; SDXL: conditioner.embedders.{0,1}.*), whose
+//    configuration is read off tensor names and shapes (models/ldm-configs.ts) and whose names
+//    map onto diffusers' (io/ldm-names.ts).
 // Each model's config parser and weight spec live with the model (models/); the files and
 // names live in io/. Nothing is read beyond headers and configs until a weight is asked for.
 import { existsSync, statSync } from 'node:fs';
@@ -16,10 +18,10 @@ import {
 } from '../io/checkpoint-files.ts';
 import {
   IGNORED_LDM, LDM_CLIP_PREFIX, LDM_OPENCLIP_PREFIX, LDM_UNET_PREFIX, LDM_VAE_PREFIX, mapLdmNames,
-  type Component, type Family, type LdmTensor,
+  SGM_CLIP_PREFIX, SGM_OPENCLIP_PREFIX, type Component, type Family, type LdmTensor,
 } from '../io/ldm-names.ts';
 import { clipTextWeightSpec, parseCLIPTextConfig, type CLIPTextConfig } from '../models/clip-text.ts';
-import { parseUNetConfig, unetWeightSpec, type UNetConfig } from '../models/unet-config.ts';
+import { parseUNetConfig, unetPooledTextWidth, unetWeightSpec, type UNetConfig } from '../models/unet-config.ts';
 import { parseVAEConfig, vaeWeightSpec, type VAEConfig } from '../models/vae.ts';
 import {
   clipTextConfigFromLdm, ldmClipPrefix, LdmFile, openClipTextConfigFromLdm, unetConfigFromLdm, vaeConfigFromLdm,
@@ -35,14 +37,19 @@ export interface StableDiffusionCheckpoint {
   layout: 'diffusers' | 'single-file';
   family: Family;
   textEncoderConfig: CLIPTextConfig;
+  /** SDXL: the second text encoder (CLIPTextModelWithProjection), whose pooled output the UNet also takes. */
+  textEncoder2Config?: CLIPTextConfig;
   unetConfig: UNetConfig;
   vaeConfig: VAEConfig;
-  /** scheduler/scheduler_config.json as written, or the SD1/SD2 default for single files (see defaultSchedulerConfig). */
+  /** scheduler/scheduler_config.json as written, or the family's default for single files (see defaultSchedulerConfig). */
   schedulerConfig: Record<string, unknown>;
   predictionType: PredictionType;
   /** The diffusers tokenizer/ folder when present; single files carry no tokenizer. */
   tokenizerDir: string | null;
+  /** SDXL: the diffusers tokenizer_2/ folder (pad `!`); single files carry none. */
+  tokenizer2Dir?: string | null;
   textEncoder: FileWeights;
+  textEncoder2?: FileWeights;
   unet: FileWeights;
   vae: FileWeights;
   /** Non-fatal oddities (ignored tensors, assumed prediction type, missing fp16 variant…). */
@@ -55,11 +62,12 @@ export interface LoadOptions {
   /** Overrides the prediction type from the scheduler config or single-file detection. */
   predictionType?: PredictionType;
   /**
-   * For single files: a diffusers folder whose `text_encoder/`, `unet/`, `vae/` config.json
-   * describe the file's components (as diffusers' `from_single_file(config=...)`), for files
-   * that differ from the released SD 1.x / 2.x models in what weights do not record (attention
-   * heads, training resolution). Its `scheduler/scheduler_config.json` and `tokenizer/` are
-   * used when present; components without a config.json are read off the file as usual.
+   * For single files: a diffusers folder whose `text_encoder/`, `unet/`, `vae/` (SDXL: also
+   * `text_encoder_2/`) config.json describe the file's components (as diffusers'
+   * `from_single_file(config=...)`), for files that differ from the released SD 1.x / 2.x / XL
+   * models in what weights do not record (attention heads, norm groups, training resolution).
+   * Its `scheduler/scheduler_config.json`, `tokenizer/` and `tokenizer_2/` are used when
+   * present; components without a config.json are read off the file as usual.
    */
   config?: string;
 }
@@ -79,8 +87,12 @@ export function loadCheckpoint(path: string, opts: LoadOptions = {}): StableDiff
 
 const SUPPORTED_PREDICTION = ['epsilon', 'v_prediction'];
 
-function crossCheck(where: string, t: CLIPTextConfig, u: UNetConfig, v: VAEConfig): void {
-  if (u.cross_attention_dim !== t.hidden_size) {
+function crossCheck(where: string, { text: t, text2: t2, unet: u, vae: v }: ComponentConfigs): void {
+  if (t2) {
+    crossCheckXL(where, t, t2, u);
+  } else if (u.addition_embed_type === 'text_time') {
+    throw new CheckpointError(where, 'the UNet takes SDXL\'s pooled text embeds and time ids ("addition_embed_type": "text_time") but there is no second text encoder (text_encoder_2/)');
+  } else if (u.cross_attention_dim !== t.hidden_size) {
     throw new CheckpointError(where, `text encoder width ${t.hidden_size} does not match the UNet's cross_attention_dim ${u.cross_attention_dim} (components from different models?)`);
   }
   if (u.in_channels !== v.latent_channels || u.out_channels !== v.latent_channels) {
@@ -89,17 +101,36 @@ function crossCheck(where: string, t: CLIPTextConfig, u: UNetConfig, v: VAEConfi
   }
 }
 
+/** SDXL: the UNet attends to both encoders' states side by side and takes encoder 2's pooled output. */
+function crossCheckXL(where: string, t: CLIPTextConfig, t2: CLIPTextConfig, u: UNetConfig): void {
+  if (t2.projection_dim === undefined) {
+    throw new CheckpointError(where, 'the second text encoder is not a CLIPTextModelWithProjection (no projection_dim / text_projection), so it has no pooled output for SDXL');
+  }
+  const pooled = unetPooledTextWidth(u);
+  if (pooled === null) {
+    throw new CheckpointError(where, 'the model has a second text encoder but its UNet has no SDXL conditioning ("addition_embed_type" is not "text_time")');
+  }
+  if (u.cross_attention_dim !== t.hidden_size + t2.hidden_size) {
+    throw new CheckpointError(where, `text encoder widths ${t.hidden_size} + ${t2.hidden_size} = ${t.hidden_size + t2.hidden_size} do not match the UNet's cross_attention_dim ${u.cross_attention_dim} (components from different models?)`);
+  }
+  if (pooled !== t2.projection_dim) {
+    throw new CheckpointError(where, `the UNet takes ${pooled}-wide pooled text embeds (projection_class_embeddings_input_dim ${u.projection_class_embeddings_input_dim} − 6 × addition_time_embed_dim ${u.addition_time_embed_dim}) but the second text encoder's projection_dim is ${t2.projection_dim}`);
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // diffusers folders
 
-interface ComponentConfigs { text: CLIPTextConfig; unet: UNetConfig; vae: VAEConfig }
+interface ComponentConfigs { text: CLIPTextConfig; text2?: CLIPTextConfig; unet: UNetConfig; vae: VAEConfig }
 
 function readFolderConfigs(dir: string): ComponentConfigs {
   const textPath = join(dir, 'text_encoder', 'config.json');
+  const text2Path = join(dir, 'text_encoder_2', 'config.json');
   const unetPath = join(dir, 'unet', 'config.json');
   const vaePath = join(dir, 'vae', 'config.json');
   return {
     text: parseCLIPTextConfig(readJson(textPath), textPath),
+    text2: hasComponent(dir, 'text_encoder_2') ? parseCLIPTextConfig(readJson(text2Path), text2Path) : undefined,
     unet: parseUNetConfig(readJson(unetPath), unetPath),
     vae: parseVAEConfig(readJson(vaePath), vaePath),
   };
@@ -125,9 +156,26 @@ function folderScheduler(dir: string, family: Family, unet: UNetConfig, opts: Lo
   return { schedulerConfig, predictionType };
 }
 
-function tokenizerIn(dir: string): string | null {
-  const tok = join(dir, 'tokenizer');
+function tokenizerIn(dir: string, sub = 'tokenizer'): string | null {
+  const tok = join(dir, sub);
   return existsSync(tok) && statSync(tok).isDirectory() ? tok : null;
+}
+
+/** Whether a folder has component `sub`: listed (not null) in model_index.json, or present as a folder. */
+function hasComponent(dir: string, sub: string): boolean {
+  const indexPath = join(dir, 'model_index.json');
+  if (existsSync(indexPath)) {
+    const entry = readJson(indexPath)[sub];
+    if (entry !== undefined) return !(entry === null || (Array.isArray(entry) && entry[0] === null));
+  }
+  return existsSync(join(dir, sub));
+}
+
+/** SDXL folders ship their second tokenizer: its pad token (`!`) differs from the first's. */
+function tokenizer2In(dir: string): string {
+  const tok = tokenizerIn(dir, 'tokenizer_2');
+  if (!tok) throw new CheckpointError(dir, 'has text_encoder_2/ but no tokenizer_2/ (an SDXL folder needs both tokenizers)');
+  return tok;
 }
 
 function loadDiffusers(dir: string, opts: LoadOptions): StableDiffusionCheckpoint {
@@ -137,10 +185,12 @@ function loadDiffusers(dir: string, opts: LoadOptions): StableDiffusionCheckpoin
   const warnings: string[] = [];
   checkDiffusersFolder(dir);
   const cfg = readFolderConfigs(dir);
-  crossCheck(dir, cfg.text, cfg.unet, cfg.vae);
-  // OpenAI CLIP (SD 1.x) uses quick_gelu; OpenCLIP ViT-H (SD 2.x) uses gelu.
-  const family: Family = cfg.text.hidden_act === 'gelu' ? 'sd2' : 'sd1';
+  crossCheck(dir, cfg);
+  // OpenAI CLIP (SD 1.x) uses quick_gelu; OpenCLIP ViT-H (SD 2.x) uses gelu; SDXL has both encoders.
+  const family: Family = cfg.text2 ? 'sdxl' : cfg.text.hidden_act === 'gelu' ? 'sd2' : 'sd1';
+  const tokenizer2Dir = cfg.text2 ? tokenizer2In(dir) : undefined;
   const textEncoder = loadFolderComponent(dir, 'text_encoder', 'text encoder', clipTextWeightSpec(cfg.text), opts.variant, warnings);
+  const textEncoder2 = cfg.text2 && loadFolderComponent(dir, 'text_encoder_2', 'text encoder 2', clipTextWeightSpec(cfg.text2), opts.variant, warnings);
   const unet = loadFolderComponent(dir, 'unet', 'UNet', unetWeightSpec(cfg.unet), opts.variant, warnings);
   const vae = loadFolderComponent(dir, 'vae', 'VAE', vaeWeightSpec(cfg.vae), opts.variant, warnings);
   const { schedulerConfig, predictionType } = folderScheduler(dir, family, cfg.unet, opts, warnings);
@@ -148,6 +198,7 @@ function loadDiffusers(dir: string, opts: LoadOptions): StableDiffusionCheckpoin
     source: dir, layout: 'diffusers', family, textEncoderConfig: cfg.text, unetConfig: cfg.unet, vaeConfig: cfg.vae,
     schedulerConfig, predictionType, tokenizerDir: tokenizerIn(dir),
     textEncoder, unet, vae, warnings,
+    ...(cfg.text2 ? { textEncoder2Config: cfg.text2, textEncoder2, tokenizer2Dir } : {}),
   };
 }
 
@@ -177,20 +228,33 @@ function openSingleFile(path: string): { f: LdmFile; family: Family } {
   const f = new LdmFile(SafetensorsFile.open(path)); // specific SafetensorsError for truncated/corrupt files
   if (!f.has(`${LDM_UNET_PREFIX}input_blocks.0.0.weight`)) throw new CheckpointError(path, unknownFileProblem(f.file, f.keys));
   let family: Family;
-  if (f.keys.some((k) => k.startsWith(LDM_OPENCLIP_PREFIX))) family = 'sd2';
+  if (f.keys.some((k) => k.startsWith('conditioner.embedders.'))) family = sgmFamily(f);
+  else if (f.keys.some((k) => k.startsWith(LDM_OPENCLIP_PREFIX))) family = 'sd2';
   else if (f.keys.some((k) => k.startsWith(LDM_CLIP_PREFIX))) family = 'sd1';
-  else throw new CheckpointError(path, 'no text encoder in this checkpoint (no cond_stage_model.transformer.* or cond_stage_model.model.* tensors)');
+  else throw new CheckpointError(path, 'no text encoder in this checkpoint (no cond_stage_model.transformer.*, cond_stage_model.model.* or conditioner.embedders.* tensors)');
   if (!f.keys.some((k) => k.startsWith(LDM_VAE_PREFIX))) throw new CheckpointError(path, 'no VAE in this checkpoint (no first_stage_model.* tensors)');
   return { f, family };
+}
+
+/** An SGM-layout file (conditioner.embedders.*) is SDXL base's when it has both of its encoders. */
+function sgmFamily(f: LdmFile): Family {
+  const has = (prefix: string) => f.keys.some((k) => k.startsWith(prefix));
+  if (has(SGM_CLIP_PREFIX) && has(SGM_OPENCLIP_PREFIX)) return 'sdxl';
+  if (has('conditioner.embedders.0.model.')) {
+    throw new CheckpointError(f.path, 'an SDXL refiner checkpoint (one OpenCLIP encoder, aesthetic-score conditioning) is not supported; oneword runs SDXL base models');
+  }
+  throw new CheckpointError(f.path, `an SDXL-layout checkpoint without both text encoders (expected ${SGM_CLIP_PREFIX}* and ${SGM_OPENCLIP_PREFIX}* tensors)`);
 }
 
 /** What a `config` folder says about a single file's components (each part only when present). */
 interface GivenConfigs {
   text?: CLIPTextConfig;
+  text2?: CLIPTextConfig;
   unet?: UNetConfig;
   vae?: VAEConfig;
   scheduler?: Record<string, unknown>;
   tokenizerDir: string | null;
+  tokenizer2Dir: string | null;
 }
 
 function readGivenConfigs(dir: string): GivenConfigs {
@@ -203,6 +267,7 @@ function readGivenConfigs(dir: string): GivenConfigs {
     return existsSync(p) ? { json: readJson(p), path: p } : null;
   };
   const text = json('text_encoder');
+  const text2 = json('text_encoder_2');
   const unet = json('unet');
   const vae = json('vae');
   const scheduler = json('scheduler', 'scheduler_config.json');
@@ -216,10 +281,12 @@ function readGivenConfigs(dir: string): GivenConfigs {
   }
   return {
     text: text ? parseCLIPTextConfig(text.json, text.path) : undefined,
+    text2: text2 ? parseCLIPTextConfig(text2.json, text2.path) : undefined,
     unet: unet ? parseUNetConfig(unet.json, unet.path) : undefined,
     vae: vae ? parseVAEConfig(vae.json, vae.path) : undefined,
     scheduler: scheduler?.json,
     tokenizerDir: tokenizerIn(abs),
+    tokenizer2Dir: tokenizerIn(abs, 'tokenizer_2'),
   };
 }
 
@@ -243,11 +310,16 @@ function singleFilePrediction(f: LdmFile, family: Family, opts: LoadOptions, giv
  * them (heads and resolution per the released models).
  */
 function singleFileConfigs(f: LdmFile, family: Family, predictionType: PredictionType, given: GivenConfigs | null): ComponentConfigs {
-  const text = given?.text ?? (family === 'sd1' ? clipTextConfigFromLdm(f, ldmClipPrefix(f)) : openClipTextConfigFromLdm(f));
-  // Not recorded in the weights: SD 1.x and 2.x-base are trained at 512 px, 768-v at 768.
-  const unet = given?.unet ?? unetConfigFromLdm(f, family, family === 'sd2' && predictionType === 'v_prediction' ? 96 : 64);
-  const vae = given?.vae ?? vaeConfigFromLdm(f, (unet.sample_size ?? 64) * 2 ** (vaeLevelsOf(f) - 1));
-  return { text, unet, vae };
+  const fromFile = {
+    sd1: () => clipTextConfigFromLdm(f, ldmClipPrefix(f)), sd2: () => openClipTextConfigFromLdm(f), sdxl: () => clipTextConfigFromLdm(f, SGM_CLIP_PREFIX),
+  }[family];
+  const text = given?.text ?? fromFile();
+  const text2 = family === 'sdxl' ? given?.text2 ?? openClipTextConfigFromLdm(f, 'sdxl') : undefined;
+  // Not recorded in the weights: SD 1.x and 2.x-base are trained at 512 px, 768-v at 768, SDXL at 1024.
+  const sampleSize = family === 'sdxl' ? 128 : family === 'sd2' && predictionType === 'v_prediction' ? 96 : 64;
+  const unet = given?.unet ?? unetConfigFromLdm(f, family, sampleSize);
+  const vae = given?.vae ?? vaeConfigFromLdm(f, (unet.sample_size ?? 64) * 2 ** (vaeLevelsOf(f) - 1), family);
+  return { text, text2, unet, vae };
 }
 
 /** The config folder's scheduler config (the caller's prediction type written in), else the family default. */
@@ -261,13 +333,16 @@ function vaeLevelsOf(f: LdmFile): number {
   return f.indices(/^first_stage_model\.encoder\.down\.(\d+)\./).length;
 }
 
-/** Every diffusers tensor of the three components with the single-file key it comes from. */
+/** Every diffusers tensor of the components (SDXL: four) with the single-file key it comes from. */
 export function ldmTensorMap(
-  layout: { family: Family; clipPrefix?: string }, text: CLIPTextConfig, unet: UNetConfig, vae: VAEConfig,
+  layout: { family: Family; clipPrefix?: string }, text: CLIPTextConfig, unet: UNetConfig, vae: VAEConfig, text2?: CLIPTextConfig,
 ): LdmTensor[] {
-  const specs = { textEncoder: clipTextWeightSpec(text), unet: unetWeightSpec(unet), vae: vaeWeightSpec(vae) };
+  const specs = {
+    textEncoder: clipTextWeightSpec(text), unet: unetWeightSpec(unet), vae: vaeWeightSpec(vae),
+    textEncoder2: text2 && clipTextWeightSpec(text2),
+  };
   return mapLdmNames({
-    family: layout.family, clipPrefix: layout.clipPrefix, textLayers: text.num_hidden_layers,
+    family: layout.family, clipPrefix: layout.clipPrefix, textLayers: text.num_hidden_layers, text2Layers: text2?.num_hidden_layers,
     unetLevels: unet.block_out_channels.length, unetLayersPerBlock: unet.layers_per_block,
     unetUpAttention: unet.up_block_types.map((t) => t === 'CrossAttnUpBlock2D'),
     vaeLevels: vae.block_out_channels.length, vaeLayersPerBlock: vae.layers_per_block,
@@ -275,10 +350,10 @@ export function ldmTensorMap(
 }
 
 /** Maps each component's weights onto the file's tensors; tensors left over become a warning. */
-function singleFileWeights(f: LdmFile, family: Family, cfg: ComponentConfigs, warnings: string[]): Record<Component, FileWeights> {
+function singleFileWeights(f: LdmFile, family: Family, cfg: ComponentConfigs, warnings: string[]): Record<Exclude<Component, 'textEncoder2'>, FileWeights> & { textEncoder2?: FileWeights } {
   const clipPrefix = family === 'sd1' ? ldmClipPrefix(f) : undefined;
-  const map = ldmTensorMap({ family, clipPrefix }, cfg.text, cfg.unet, cfg.vae);
-  const byComp = new Map<Component, Map<string, LdmTensor>>([['textEncoder', new Map()], ['unet', new Map()], ['vae', new Map()]]);
+  const map = ldmTensorMap({ family, clipPrefix }, cfg.text, cfg.unet, cfg.vae, cfg.text2);
+  const byComp = new Map<Component, Map<string, LdmTensor>>([['textEncoder', new Map()], ['textEncoder2', new Map()], ['unet', new Map()], ['vae', new Map()]]);
   for (const e of map) byComp.get(e.component)!.set(e.name, e);
   const used = new Set<string>();
   const resolveLdm = (component: Component, label: string) => {
@@ -291,7 +366,10 @@ function singleFileWeights(f: LdmFile, family: Family, cfg: ComponentConfigs, wa
       return { src: { file: f.file, tensor: e.ldmName, transform: e.transform }, srcLabel: `"${e.ldmName}" (→ ${name})` };
     });
   };
-  const weights = { textEncoder: resolveLdm('textEncoder', 'text encoder'), unet: resolveLdm('unet', 'UNet'), vae: resolveLdm('vae', 'VAE') };
+  const weights = {
+    textEncoder: resolveLdm('textEncoder', 'text encoder'), unet: resolveLdm('unet', 'UNet'), vae: resolveLdm('vae', 'VAE'),
+    ...(cfg.text2 ? { textEncoder2: resolveLdm('textEncoder2', 'text encoder 2') } : {}),
+  };
 
   const dropped = family === 'sd2' ? `${LDM_OPENCLIP_PREFIX}transformer.resblocks.${cfg.text.num_hidden_layers}.` : null;
   const extra = f.keys.filter((k) => !used.has(k) && !IGNORED_LDM.some((re) => re.test(k)) && !(dropped && k.startsWith(dropped)));
@@ -305,11 +383,12 @@ function loadSingleFile(path: string, opts: LoadOptions): StableDiffusionCheckpo
   const warnings: string[] = [];
   const predictionType = singleFilePrediction(f, family, opts, given, warnings);
   const cfg = singleFileConfigs(f, family, predictionType, given);
-  crossCheck(path, cfg.text, cfg.unet, cfg.vae);
-  const { textEncoder, unet, vae } = singleFileWeights(f, family, cfg, warnings);
+  crossCheck(path, cfg);
+  const { textEncoder, textEncoder2, unet, vae } = singleFileWeights(f, family, cfg, warnings);
   return {
     source: path, layout: 'single-file', family, textEncoderConfig: cfg.text, unetConfig: cfg.unet, vaeConfig: cfg.vae,
     schedulerConfig: singleFileScheduler(family, predictionType, given), predictionType, tokenizerDir: given?.tokenizerDir ?? null,
     textEncoder, unet, vae, warnings,
+    ...(cfg.text2 ? { textEncoder2Config: cfg.text2, textEncoder2, tokenizer2Dir: given?.tokenizer2Dir ?? null } : {}),
   };
 }

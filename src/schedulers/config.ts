@@ -116,7 +116,7 @@ export function checkOneOf<T extends string>(className: string, key: string, val
  * single files (its default config is stabilityai/stable-diffusion-2-1).
  */
 export function defaultPredictionType(family: Family, sampleSize?: number | null): 'epsilon' | 'v_prediction' {
-  if (family === 'sd1') return 'epsilon';
+  if (family === 'sd1' || family === 'sdxl') return 'epsilon';
   return sampleSize == null || sampleSize >= 96 ? 'v_prediction' : 'epsilon';
 }
 
@@ -125,7 +125,8 @@ export function defaultPredictionType(family: Family, sampleSize?: number | null
  * diffusers-format releases ship. SD 1.x: runwayml/stable-diffusion-v1-5 (PNDM, epsilon);
  * SD 2.x: stabilityai/stable-diffusion-2-1 (DDIM, v_prediction; the 512px "base" models
  * are epsilon — pass predictionType). Neither sets `timestep_spacing`, so each scheduler
- * class keeps its own default, exactly as with a model folder.
+ * class keeps its own default, exactly as with a model folder. SDXL:
+ * stabilityai/stable-diffusion-xl-base-1.0 (Euler, epsilon, `leading` spacing).
  */
 export function defaultSchedulerConfig(family: Family, predictionType?: PredictionType): RawSchedulerConfig {
   const prediction = predictionType ?? defaultPredictionType(family);
@@ -136,6 +137,12 @@ export function defaultSchedulerConfig(family: Family, predictionType?: Predicti
   };
   if (family === 'sd1') {
     return { _class_name: 'PNDMScheduler', ...common, ...(prediction === 'epsilon' ? {} : { prediction_type: prediction }) };
+  }
+  if (family === 'sdxl') {
+    return {
+      _class_name: 'EulerDiscreteScheduler', ...common, interpolation_type: 'linear', prediction_type: prediction,
+      sample_max_value: 1.0, timestep_spacing: 'leading', use_karras_sigmas: false,
+    };
   }
   return { _class_name: 'DDIMScheduler', ...common, prediction_type: prediction };
 }

@@ -168,7 +168,7 @@ function writeSd2SingleFile(path: string, metadata: Record<string, string> | und
   const src = loadCheckpoint(SD2);
   const map = ldmTensorMap({ family: 'sd2' }, src.textEncoderConfig, src.unetConfig, src.vaeConfig);
   const out: Record<string, TensorToWrite> = {};
-  const ws = { textEncoder: src.textEncoder, unet: src.unet, vae: src.vae };
+  const ws: Record<string, { float32(name: string): Float32Array }> = { textEncoder: src.textEncoder, unet: src.unet, vae: src.vae };
   for (const e of map) {
     const data = ws[e.component].float32(e.name);
     if (e.transform.kind === 'chunk') {
@@ -369,7 +369,7 @@ test('broken diffusers folders: unknown blocks, unsupported features, missing te
   const blocks = make('bad-blocks', (d) => setJson(join(d, 'unet/config.json'), (j) => { j.down_block_types = ['DownBlock2D', 'FooBlock2D']; }));
   expectCheckpointError(blocks, /unet\/config\.json: unknown UNet down block type "FooBlock2D" in "down_block_types"/);
   const xl = make('xl-unet', (d) => setJson(join(d, 'unet/config.json'), (j) => { j.addition_embed_type = 'text_time'; }));
-  expectCheckpointError(xl, /added conditioning \(SDXL-style\)/);
+  expectCheckpointError(xl, /unet\/config\.json: "addition_embed_type" is "text_time" but "addition_time_embed_dim" is not set/);
   const heads = make('bad-heads', (d) => setJson(join(d, 'unet/config.json'), (j) => { j.attention_head_dim = [8, 8, 8]; }));
   expectCheckpointError(heads, /"attention_head_dim" lists 3 values for 2 blocks/);
   const act = make('bad-act', (d) => setJson(join(d, 'text_encoder/config.json'), (j) => { j.hidden_act = 'relu'; }));
