@@ -7,13 +7,15 @@ export const VERIFY_HELP = `Usage: oneword verify --model <folder or .safetensor
 Recomputes every tensor a diffusers/transformers reference file holds (tokenizer, text
 encoder, UNet, VAE, schedules, sampling trajectories, one textual-inversion step) from its
 stored inputs with oneword, prints max abs/rel errors per tensor, and exits with 1 if any
-tensor is outside tolerance.
+tensor is outside tolerance. SD 1.x/2.x and SDXL (both tokenizers and encoders, pooled
+embeds, time ids) reference files alike.
 
 Options:
   --model PATH       diffusers folder or single-file checkpoint
   --config DIR       for a single file: a diffusers folder whose */config.json describe it
   --reference PATH   reference .safetensors file
-  --only PREFIX      check only tensors starting with PREFIX (repeatable: tok. te. cfg. unet. vae. sched. sample. ti.)
+  --only PREFIX      check only tensors starting with PREFIX (repeatable: tok. te. cfg. unet. vae. sched. sample. ti.;
+                     SDXL also te1. te2. ti_te1only.)
   --json             print one JSON object per tensor instead of the table
 `;
 

@@ -50,6 +50,11 @@ export interface StableDiffusionCheckpoint {
   tokenizer2Dir?: string | null;
   textEncoder: FileWeights;
   textEncoder2?: FileWeights;
+  /**
+   * SDXL: model_index.json's force_zeros_for_empty_prompt (StableDiffusionXLPipeline's default,
+   * true, for single files): with no negative prompt, the negative conditioning is all zeros.
+   */
+  forceZerosForEmptyPrompt?: boolean;
   unet: FileWeights;
   vae: FileWeights;
   /** Non-fatal oddities (ignored tensors, assumed prediction type, missing fp16 variant…). */
@@ -171,6 +176,14 @@ function hasComponent(dir: string, sub: string): boolean {
   return existsSync(join(dir, sub));
 }
 
+/** model_index.json's force_zeros_for_empty_prompt; true (the SDXL pipeline's default) when absent. */
+function forceZerosIn(dir: string): boolean {
+  const indexPath = join(dir, 'model_index.json');
+  const v = existsSync(indexPath) ? readJson(indexPath).force_zeros_for_empty_prompt : undefined;
+  if (v !== undefined && typeof v !== 'boolean') throw new CheckpointError(indexPath, `"force_zeros_for_empty_prompt" must be true or false, got ${JSON.stringify(v)}`);
+  return v ?? true;
+}
+
 /** SDXL folders ship their second tokenizer: its pad token (`!`) differs from the first's. */
 function tokenizer2In(dir: string): string {
   const tok = tokenizerIn(dir, 'tokenizer_2');
@@ -198,7 +211,7 @@ function loadDiffusers(dir: string, opts: LoadOptions): StableDiffusionCheckpoin
     source: dir, layout: 'diffusers', family, textEncoderConfig: cfg.text, unetConfig: cfg.unet, vaeConfig: cfg.vae,
     schedulerConfig, predictionType, tokenizerDir: tokenizerIn(dir),
     textEncoder, unet, vae, warnings,
-    ...(cfg.text2 ? { textEncoder2Config: cfg.text2, textEncoder2, tokenizer2Dir } : {}),
+    ...(cfg.text2 ? { textEncoder2Config: cfg.text2, textEncoder2, tokenizer2Dir, forceZerosForEmptyPrompt: forceZerosIn(dir) } : {}),
   };
 }
 
@@ -389,6 +402,6 @@ function loadSingleFile(path: string, opts: LoadOptions): StableDiffusionCheckpo
     source: path, layout: 'single-file', family, textEncoderConfig: cfg.text, unetConfig: cfg.unet, vaeConfig: cfg.vae,
     schedulerConfig: singleFileScheduler(family, predictionType, given), predictionType, tokenizerDir: given?.tokenizerDir ?? null,
     textEncoder, unet, vae, warnings,
-    ...(cfg.text2 ? { textEncoder2Config: cfg.text2, textEncoder2, tokenizer2Dir: given?.tokenizer2Dir ?? null } : {}),
+    ...(cfg.text2 ? { textEncoder2Config: cfg.text2, textEncoder2, tokenizer2Dir: given?.tokenizer2Dir ?? null, forceZerosForEmptyPrompt: opts.config ? forceZerosIn(resolve(opts.config)) : true } : {}),
   };
 }

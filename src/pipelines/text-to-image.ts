@@ -1,15 +1,30 @@
 // Text-to-image: prompt encoding (A1111 emphasis and 75-token chunks), the denoising
 // loop with classifier-free guidance, and VAE decoding — step for step as diffusers'
-// StableDiffusionPipeline when the prompt has no emphasis and fits one chunk.
+// StableDiffusionPipeline (SDXL: StableDiffusionXLPipeline) when the prompt has no emphasis
+// and fits one chunk.
 import type { NoiseSource, Scheduler } from '../schedulers/index.ts';
 import { applyEmphasis, tokenizeWeighted } from './prompt.ts';
-import type { StableDiffusion } from './stable-diffusion.ts';
+import type { StableDiffusion, XLConditioning } from './stable-diffusion.ts';
 
-/** Encoder output for a prompt: [1, 77·chunks, D]. */
+/** Encoder output for a prompt: [1, 77·chunks, D] (SDXL: D1 + D2, and the pooled text embeds). */
 export interface EncodedPrompt {
   hidden: Float32Array;
   chunks: number;
   tokenCount: number;
+  /** SDXL: the pooled text embeds [Dp] (of the first chunk). */
+  pooled?: Float32Array;
+}
+
+/** SDXL's size conditioning, as StableDiffusionXLPipeline names it: (height, width) pairs. */
+export interface SizeConditioning {
+  originalSize: readonly [number, number];
+  cropsCoordsTopLeft: readonly [number, number];
+  targetSize: readonly [number, number];
+}
+
+/** SDXL's six time ids: original size, crop top-left, target size (each height first), as the pipeline's _get_add_time_ids. */
+export function sdxlTimeIds(s: SizeConditioning): Float32Array {
+  return Float32Array.of(...s.originalSize, ...s.cropsCoordsTopLeft, ...s.targetSize);
 }
 
 export async function encodePrompt(sd: StableDiffusion, text: string, opts: { emphasis?: boolean } = {}): Promise<EncodedPrompt> {
@@ -59,7 +74,31 @@ export interface DenoiseOptions {
   cond: EncodedPrompt;
   uncond: EncodedPrompt;
   noise?: NoiseSource;
+  /** SDXL: the six time ids (sdxlTimeIds), the same for the guided and unguided halves. */
+  timeIds?: ArrayLike<number>;
   onStep?: (info: StepInfo) => void;
+}
+
+/** SDXL's added UNet conditioning for a batch of [uncond, cond] (guided) or [cond]; undefined for SD 1.x/2.x. */
+export function guidedConditioning(
+  sd: StableDiffusion, cond: EncodedPrompt, uncond: EncodedPrompt, timeIds: ArrayLike<number> | undefined, guided: boolean,
+): XLConditioning | undefined {
+  if (!sd.isXL) return undefined;
+  const rows = guided ? [uncond.pooled, cond.pooled] : [cond.pooled];
+  if (!timeIds || rows.some((r) => !r)) throw new Error('SDXL sampling needs pooled text embeds and time ids');
+  const textEmbeds = new Float32Array(rows.length * sd.pooledSize);
+  const ids = new Float32Array(rows.length * 6);
+  rows.forEach((r, i) => { textEmbeds.set(r!, i * sd.pooledSize); ids.set(Array.from(timeIds), i * 6); });
+  return { textEmbeds, timeIds: ids };
+}
+
+/**
+ * SDXL's negative conditioning when there is no negative prompt and the model sets
+ * force_zeros_for_empty_prompt (SDXL base does): all zeros, the shape of `like`, not the
+ * encoding of "".
+ */
+export function zeroPrompt(sd: StableDiffusion, like: EncodedPrompt): EncodedPrompt {
+  return { hidden: new Float32Array(like.hidden.length), chunks: like.chunks, tokenCount: 0, pooled: new Float32Array(sd.pooledSize) };
 }
 
 /** The sampling loop; returns the final latents (scaled, as the UNet sees them). */
@@ -70,7 +109,8 @@ export async function denoise(sd: StableDiffusion, o: DenoiseOptions): Promise<F
   const n = c * h * w;
   let x: Float32Array = Float32Array.from(o.initLatents, (v) => v * scheduler.initNoiseSigma);
   const guided = o.guidance > 1;
-  const d = sd.hiddenSize;
+  const d = sd.contextSize;
+  const added = guidedConditioning(sd, o.cond, o.uncond, o.timeIds, guided);
   const ctxLen = o.cond.chunks * 77 * d;
   const context = guided ? new Float32Array(2 * ctxLen) : o.cond.hidden;
   if (guided) {
@@ -87,7 +127,7 @@ export async function denoise(sd: StableDiffusion, o: DenoiseOptions): Promise<F
       input.set(xin, 0);
       input.set(xin, n);
     }
-    const out = await sd.unet(input, [batch, c, h, w], new Array(batch).fill(t), context);
+    const out = await sd.unet(input, [batch, c, h, w], new Array(batch).fill(t), context, added);
     let eps = out;
     if (guided) {
       eps = new Float32Array(n);

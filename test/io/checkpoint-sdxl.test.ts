@@ -185,8 +185,6 @@ test('SDXL single file read alone: UNet levels, per-level depths, text_time widt
   for (const comp of COMPONENTS) {
     for (const n of want[comp]!.names()) assert.deepEqual(c[comp]!.float32(n), want[comp]!.float32(n), `${comp}: ${n}`);
   }
-  // SDXL base's heads: 320/640/1280 channels → [5, 10, 20].
-  assert.deepEqual([320, 640, 1280].map((ch) => ch / 64), [5, 10, 20]);
 });
 
 test('SDXL loader errors: each inconsistency by name', () => {
