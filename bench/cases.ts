@@ -7,6 +7,7 @@ import { TrainStep } from '../src/pipelines/ti-step.ts';
 import { adamWState, adamWStep } from '../src/optim/adamw.ts';
 import { DDPMScheduler, TorchGenerator } from '../src/schedulers/index.ts';
 import { ensureSd15 } from './sd15.ts';
+import { ensureSdxl } from './sdxl.ts';
 import { median, peakRssMb, rssSplitMb } from './util.ts';
 import { availableParallelism } from 'node:os';
 
@@ -101,6 +102,61 @@ async function trainCase(size: number): Promise<Fields> {
   return { seconds: await median(oneStep, reps, 1), steps_timed: reps };
 }
 
+/** The SDXL base architecture (bench/sdxl.ts). */
+function loadXL(): StableDiffusion {
+  const threads = process.env.ONEWORD_BENCH_THREADS ? envInt('ONEWORD_BENCH_THREADS', 1) : undefined;
+  return StableDiffusion.load(ensureSdxl(), { threads });
+}
+
+/** SDXL's conditioning for one prompt: both encoders' states [1, 77, 2048], pooled [1, 1280], time ids for a square image. */
+async function xlConditioning(sd: StableDiffusion, size: number, extra: number[] = []) {
+  const ids = promptIds(sd, extra);
+  const ids2 = [...ids.slice(0, ids.indexOf(49407) + 1)];
+  while (ids2.length < 77) ids2.push(0); // tokenizer_2 pads with "!"
+  const enc = await sd.encodeIdsXL(ids, ids2, 1);
+  return { ids, ids2, ...enc, timeIds: Float32Array.from([size, size, 0, 0, size, size]) };
+}
+
+async function xlUnetCase(size: number): Promise<Fields> {
+  const sd = loadXL();
+  const h = size / 8;
+  const sample = new Float32Array(4 * h * h).fill(0.1);
+  const c = await xlConditioning(sd, size);
+  const secs = await median(() => sd.unet(sample, [1, 4, h, h], [500], c.hidden, { textEmbeds: c.pooled, timeIds: c.timeIds }), envInt('ONEWORD_BENCH_XL_REPS', size >= 1024 ? 1 : 3));
+  return { seconds: secs };
+}
+
+/** One SDXL TI step with cached latents: both encoders (the word's rows in each), pooled path, UNet, loss, ∂/∂ both rows, AdamW. */
+async function xlTrainCase(size: number): Promise<Fields> {
+  const sd = loadXL();
+  const h = size / 8;
+  const [d1, d2] = [sd.hiddenSize, sd.hiddenSize2];
+  const tok = sd.addLearnedToken('<bench-token>', new Float32Array(d1).fill(0.01), 1, new Float32Array(d2).fill(0.01));
+  const rows = sd.extraRows();
+  const rows2 = sd.extraRows2();
+  const step = await TrainStep.create(sd, { batch: 1, rows: rows.length / d1, rows2: rows2.length / d2, latent: [4, h, h] });
+  const c = await xlConditioning(sd, size, tok.ids);
+  const gen = new TorchGenerator(0);
+  const latents = gen.randn([1, 4, h, h]).map((v) => v * 0.13025);
+  const sched = new DDPMScheduler(sd.ckpt.schedulerConfig);
+  const row = tok.ids[0] - sd.vocabSize;
+  const param = new Float32Array(d1 + d2);
+  const state = adamWState(d1 + d2);
+  const oneStep = async () => {
+    const noise = gen.randn([1, 4, h, h]);
+    const t = gen.randint(0, 1000)[0];
+    const noisy = sched.addNoise(latents, noise, t);
+    const r = await step.run({ ids: c.ids, ids2: c.ids2, rows, rows2, timeIds: c.timeIds, noisy, t: [t], target: noise });
+    const g = new Float32Array(d1 + d2);
+    g.set(r.grad.subarray(row * d1, (row + 1) * d1));
+    g.set(r.grad2!.subarray(row * d2, (row + 1) * d2), d1);
+    adamWStep(param, g, state, { lr: 5e-3 });
+    return r.loss;
+  };
+  const reps = envInt('ONEWORD_BENCH_TRAIN_STEPS', size >= 1024 ? 1 : 3);
+  return { seconds: await median(oneStep, reps, 1), steps_timed: reps };
+}
+
 export const CASES: Record<string, { suite: string; run: () => Promise<Fields> }> = {
   'unet-256': { suite: 'components', run: () => unetCase(256) },
   'unet-512': { suite: 'components', run: () => unetCase(512) },
@@ -109,6 +165,10 @@ export const CASES: Record<string, { suite: string; run: () => Promise<Fields> }
   'generate-512': { suite: 'generate', run: () => generateCase(512) },
   'train-256': { suite: 'train', run: () => trainCase(256) },
   'train-512': { suite: 'train', run: () => trainCase(512) },
+  'xl-unet-512': { suite: 'sdxl', run: () => xlUnetCase(512) },
+  'xl-unet-1024': { suite: 'sdxl', run: () => xlUnetCase(1024) },
+  'xl-train-512': { suite: 'sdxl', run: () => xlTrainCase(512) },
+  'xl-train-1024': { suite: 'sdxl', run: () => xlTrainCase(1024) },
 };
 
 /** Runs one case in this process and returns its JSON fields (peer columns included). */

@@ -3,6 +3,8 @@
 //   components  UNet forward 256²/512², text encoder
 //   generate    20-step DDIM, CFG 7.5, 256² and 512² (ONEWORD_BENCH_STEPS overrides 20)
 //   train       one textual-inversion step, cached latents, 256² and 512²
+//   sdxl        the SDXL base architecture: UNet forward and one TI step (both encoders'
+//               rows) at 512² and 1024² (no PyTorch figures to compare with yet)
 //               (ONEWORD_BENCH_TRAIN_STEPS timed steps after one warm-up; median)
 // Model cases run the real SD 1.5 architecture with random weights, written once to a
 // diffusers folder (bench/sd15.ts; ONEWORD_BENCH_MODEL_DIR to relocate), each case in its
@@ -13,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { benchEngine } from './engine.ts';
 import { CASES } from './cases.ts';
 import { ensureSd15 } from './sd15.ts';
+import { ensureSdxl } from './sdxl.ts';
 
 function runChild(name: string): void {
   const entry = fileURLToPath(new URL('./case.ts', import.meta.url));
@@ -24,7 +27,8 @@ function runChild(name: string): void {
 
 const modelSuites = [...new Set(Object.values(CASES).map((c) => c.suite))];
 const wanted = process.argv.slice(2);
-const names = wanted.length ? wanted : ['engine', ...modelSuites];
+// sdxl (14 GB of weights written once) runs only when named.
+const names = wanted.length ? wanted : ['engine', ...modelSuites.filter((m) => m !== 'sdxl')];
 for (const n of names) {
   if (n !== 'engine' && !modelSuites.includes(n) && !CASES[n]) {
     console.error(`unknown benchmark suite or case "${n}" (suites: engine, ${modelSuites.join(', ')}; cases: ${Object.keys(CASES).join(', ')})`);
@@ -36,6 +40,11 @@ for (const n of names) {
     await benchEngine();
     continue;
   }
-  ensureSd15();
-  for (const [c, spec] of Object.entries(CASES)) if (c === n || spec.suite === n) runChild(c);
+  for (const [c, spec] of Object.entries(CASES)) {
+    if (c !== n && spec.suite !== n) continue;
+    // Written once, before the first case that needs it (not inside a timed child).
+    if (spec.suite === 'sdxl') ensureSdxl();
+    else ensureSd15();
+    runChild(c);
+  }
 }

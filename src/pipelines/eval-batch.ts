@@ -4,12 +4,15 @@
 // training generator is never touched: stop auto trains exactly as stop fixed does.
 import { TorchGenerator } from '../schedulers/index.ts';
 import type { TrainStep } from './ti-step.ts';
+import { TextFeeds, type RowFeeds } from './step-feeds.ts';
 
 /** An image's cached latent distribution (index 1: its mirror, when flips are on). */
 export interface EvalImage {
   caption: string;
   mean: Float32Array[];
   std: Float32Array[];
+  /** SDXL's time ids of the image (empty otherwise). */
+  timeIds: number[];
 }
 
 export interface EvalNoise {
@@ -26,15 +29,15 @@ export interface EvalBatchSpec {
   /** The run's seed; the batch has its own stream derived from it. */
   seed: number;
   templates: readonly string[];
-  /** Token ids of a template filled with the word and an image's caption. */
-  promptIds: (template: string, caption: string) => number[];
+  /** The text inputs of one sample: a template filled with the word and the image's caption (SDXL: also the image's time ids). */
+  text: (template: string, image: EvalImage) => TextFeeds;
   scheduler: EvalNoise;
   latentShape: readonly [number, number, number];
   scalingFactor: number;
 }
 
 interface EvalSample {
-  ids: number[];
+  text: TextFeeds;
   noisy: Float32Array;
   target: Float32Array;
   t: number;
@@ -63,7 +66,7 @@ export class EvalBatch {
       const noise = gen.randn([1, c, h, w]);
       const t = gen.randint(0, s.scheduler.numTrainTimesteps, 1)[0];
       samples.push({
-        ids: s.promptIds(template, img.caption),
+        text: s.text(template, img),
         noisy: s.scheduler.addNoise(latents, noise, [t]),
         target: s.scheduler.trainingTarget(latents, noise, [t]),
         t,
@@ -77,7 +80,7 @@ export class EvalBatch {
   }
 
   /** The mean denoising loss over the batch, run `step.shape.batch` samples at a time (no gradient). */
-  async loss(step: TrainStep, rows: Float32Array): Promise<number> {
+  async loss(step: TrainStep, rows: RowFeeds): Promise<number> {
     const b = step.shape.batch;
     if (this.samples.length % b !== 0) throw new Error(`evaluation batch of ${this.samples.length} does not split into runs of ${b}`);
     let total = 0;
@@ -90,7 +93,7 @@ export class EvalBatch {
         noisy.set(s.noisy, k * n);
         target.set(s.target, k * n);
       });
-      const r = await step.run({ ids: chunk.flatMap((s) => s.ids), rows, noisy, target, t: chunk.map((s) => s.t) });
+      const r = await step.run({ ...TextFeeds.join(chunk.map((s) => s.text)).feeds(), ...rows, noisy, target, t: chunk.map((s) => s.t) });
       total += r.loss * b;
     }
     return total / this.samples.length;

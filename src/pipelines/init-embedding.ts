@@ -10,7 +10,11 @@
 import type { InitMode } from './early-stopping.ts';
 import type { StableDiffusion } from './stable-diffusion.ts';
 
-/** The starting vectors [vectors, D] for an init phrase whose token ids are `initIds`. */
+/**
+ * The starting vectors [vectors, D] for an init phrase whose token ids are `initIds`; for SDXL
+ * models followed by [vectors, D2] from text encoder 2's table (both tokenizers share the BPE,
+ * so the ids are the same), as the textual-inversion trainer lays them out.
+ */
 export async function initialVectors(sd: StableDiffusion, init: { text: string; ids: number[]; vectors: number; mode: InitMode }): Promise<Float32Array> {
   const d = sd.hiddenSize;
   const out = new Float32Array(init.vectors * d);
@@ -27,7 +31,13 @@ export async function initialVectors(sd: StableDiffusion, init: { text: string; 
     row = (k) => init.ids[k % init.ids.length];
   }
   for (let k = 0; k < init.vectors; k++) out.set(source.subarray(row(k) * d, (row(k) + 1) * d), k * d);
-  return out;
+  if (!sd.isXL) return out;
+  const d2 = sd.hiddenSize2;
+  const table2 = sd.ckpt.textEncoder2!.float32('text_model.embeddings.token_embedding.weight');
+  const both = new Float32Array(out.length + init.vectors * d2);
+  both.set(out);
+  for (let k = 0; k < init.vectors; k++) both.set(table2.subarray(row(k) * d2, (row(k) + 1) * d2), out.length + k * d2);
+  return both;
 }
 
 /** Adds the gradient of λ‖v − v₀‖² to `grad`. */

@@ -25,7 +25,10 @@ function hashWeights(h: ReturnType<typeof createHash>, label: string, w: WeightS
 export function modelFingerprint(ckpt: StableDiffusionCheckpoint): string {
   const h = createHash('sha256');
   h.update(JSON.stringify([ckpt.textEncoderConfig, ckpt.unetConfig, ckpt.vaeConfig, ckpt.predictionType]));
+  // Added only for SDXL, so fingerprints of SD 1.x/2.x states saved before stay valid.
+  if (ckpt.textEncoder2Config) h.update(JSON.stringify(ckpt.textEncoder2Config));
   hashWeights(h, 'text_encoder', ckpt.textEncoder);
+  if (ckpt.textEncoder2) hashWeights(h, 'text_encoder_2', ckpt.textEncoder2);
   hashWeights(h, 'unet', ckpt.unet);
   hashWeights(h, 'vae', ckpt.vae);
   return h.digest('hex').slice(0, 16);

@@ -52,7 +52,7 @@ export function existingRunFiles(dir: string, token: string): string[] {
   const stem = a1111.slice(0, -'.safetensors'.length);
   const ours = (name: string) =>
     name === STATE_FILE || name === LOG_FILE || name === PREVIEW_FOLDER || name === a1111 ||
-    new RegExp(`^(?:${DIFFUSERS_STEM}|${stem.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')})(?:-steps-\\d+)?\\.safetensors$`).test(name);
+    new RegExp(`^(?:${DIFFUSERS_STEM}(?:_2)?|${stem.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')})(?:-steps-\\d+)?\\.safetensors$`).test(name);
   return readdirSync(dir).filter(ours).sort();
 }
 

@@ -6,17 +6,21 @@
 import { createHash, type Hash } from 'node:crypto';
 import { appendFileSync, existsSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { SafetensorsFile, writeSafetensors } from '../io/safetensors.ts';
+import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../io/safetensors.ts';
 import { modelFingerprint } from './model-fingerprint.ts';
 import { makeFolder } from '../io/output-folder.ts';
-import { flipHorizontal, ImageError, listImages, loadTrainingImage, rgbImageProblem, trainingPixels, type RgbImage, type TrainingImageOptions } from '../io/images.ts';
-import { saveA1111Embedding, saveDiffusersEmbedding, type LearnedEmbedding } from '../io/embeddings.ts';
+import { decodeRgb, flipHorizontal, ImageError, listImages, rgbImageProblem, trainingPixels, type RgbImage, type TrainingImageOptions } from '../io/images.ts';
+import {
+  diffusersSecondFile, saveA1111Embedding, saveDiffusersEmbedding, saveDiffusersSDXLEmbedding, saveSDXLEmbedding, type LearnedEmbedding,
+} from '../io/embeddings.ts';
 import { adamWState, adamWStep, clipGradNorm, type AdamWState } from '../optim/adamw.ts';
 import { createScheduler, TorchGenerator } from '../schedulers/index.ts';
 import { tokenizeWeighted } from './prompt.ts';
 import { makeSchedule, ScheduleError, type ScheduleKind } from './lr-schedule.ts';
 import { fillTrainingTemplate, readTemplateFile, templatesFor, type ConceptKind } from './templates.ts';
-import { TrainStep } from './ti-step.ts';
+import { TrainStep, type TrainStepShape } from './ti-step.ts';
+import { TextFeeds, type PromptIds, type RowFeeds } from './step-feeds.ts';
+import type { CLIPTokenizer } from '../models/clip-tokenizer.ts';
 import { checkStoppingOptions, evalInterval, STOPPING_DEFAULTS, StoppingRecord, type InitMode, type Recommendation, type StoppingOptions } from './early-stopping.ts';
 import { EvalBatch } from './eval-batch.ts';
 import { addInitPull, initialVectors } from './init-embedding.ts';
@@ -94,7 +98,8 @@ interface ImageSource {
   name: string;
   /** The image's caption, for [filewords] (a .txt beside an image file; none for images in memory). */
   caption: string;
-  pixels(opts: TrainingImageOptions): Promise<Float32Array>;
+  /** Training pixels [3, size, size], and the image's own size (SDXL conditions on it). */
+  pixels(opts: TrainingImageOptions): Promise<{ chw: Float32Array; height: number; width: number }>;
   /** Feeds the image's content to the hash that ties a saved state to its images. */
   hash(h: Hash): void;
 }
@@ -106,6 +111,8 @@ interface CachedLatents {
   caption: string;
   mean: Float32Array[];
   std: Float32Array[];
+  /** SDXL's time ids: [original height, original width, crop top, crop left, target height, target width]. */
+  timeIds: number[];
 }
 
 export interface StepLog {
@@ -145,7 +152,10 @@ const fileSource = (path: string): ImageSource => {
   return {
     name: path,
     caption,
-    pixels: (opts) => loadTrainingImage(path, opts),
+    pixels: async (opts) => {
+      const img = await decodeRgb(path);
+      return { chw: trainingPixels(img, opts), height: img.height, width: img.width };
+    },
     hash: (h) => h.update(readFileSync(path)).update(caption),
   };
 };
@@ -153,7 +163,7 @@ const fileSource = (path: string): ImageSource => {
 const memorySource = (img: RgbImage, index: number): ImageSource => ({
   name: `image ${index}`,
   caption: '',
-  pixels: async (opts) => trainingPixels(img, opts),
+  pixels: async (opts) => ({ chw: trainingPixels(img, opts), height: img.height, width: img.width }),
   hash: (h) => h.update(`rgb ${img.width}x${img.height}\n`).update(img.data),
 });
 
@@ -251,10 +261,15 @@ export function checkTrainOptions(sd: StableDiffusion, o: TrainOptions): { image
   if (o.resolution < f || o.resolution % f !== 0) {
     throw bad('resolution', `must be a positive multiple of ${f} (this model's VAE downscales by ${f}), got ${o.resolution}`);
   }
-  // The token must be new to the tokenizer, in every spelling it would be matched by.
-  const existing = sd.tokenizer.tokenToId(o.token) ?? sd.tokenizer.tokenToId(`${o.token}</w>`) ?? sd.tokenizer.tokenToId(`${o.token.toLowerCase()}</w>`);
-  if (existing !== undefined) {
-    throw new TrainError(`token "${o.token}" already exists in the vocabulary (id ${existing}); choose a new word such as "<${o.token.replace(/^<|>$/g, '')}>"`, { usage: true, option: 'token' });
+  // The token must be new to the tokenizer(s), in every spelling it would be matched by.
+  for (const tok of sd.tokenizer2 ? [sd.tokenizer, sd.tokenizer2] : [sd.tokenizer]) {
+    const existing = tok.tokenToId(o.token) ?? tok.tokenToId(`${o.token}</w>`) ?? tok.tokenToId(`${o.token.toLowerCase()}</w>`);
+    if (existing !== undefined) {
+      throw new TrainError(`token "${o.token}" already exists in the vocabulary (id ${existing}); choose a new word such as "<${o.token.replace(/^<|>$/g, '')}>"`, { usage: true, option: 'token' });
+    }
+  }
+  if (sd.isXL && o.initMode === 'encoder') {
+    throw bad('initMode', 'encoder (Cross Initialization) is for SD 1.x/2.x models; SDXL words start from the init phrase\'s token embeddings (tokens)');
   }
   const initIds = sd.tokenizer.encode(o.init);
   if (!o.init.trim() || initIds.length === 0) throw bad('init', `"${o.init}" has no tokens; give a word that describes the concept, e.g. "cat"`);
@@ -286,13 +301,13 @@ export class TextualInversionTrainer {
     readonly imagesHash: string,
     readonly templates: readonly string[],
   ) {
-    const d = sd.hiddenSize;
     const lr = typeof opts.lr === 'number' && opts.scaleLr ? opts.lr * opts.batch * opts.gradAccum : opts.lr;
     this.schedule = makeSchedule(lr, opts.lrSchedule, opts.steps, opts.lrWarmup);
     this.noiseScheduler = createScheduler('ddpm', sd.ckpt.schedulerConfig);
     this.gen = new TorchGenerator(opts.seed);
-    // v* is set from the init phrase in create() (initialVectors).
-    const vectors = new Float32Array(opts.vectors * d);
+    // v* is set from the init phrase in create() (initialVectors). SDXL: every vector for
+    // text encoder 1, then every vector for text encoder 2, optimised as one parameter.
+    const vectors = new Float32Array(opts.vectors * (sd.hiddenSize + sd.hiddenSize2));
     this.state = { step: 0, vectors, adam: adamWState(vectors.length), rng: this.gen.getState() };
   }
 
@@ -303,7 +318,7 @@ export class TextualInversionTrainer {
     await t.encodeImages();
     t.state.vectors.set(await initialVectors(sd, { text: opts.init, ids: initIds, vectors: opts.vectors, mode: opts.initMode }));
     t.initVectors = Float32Array.from(t.state.vectors);
-    sd.addLearnedToken(opts.token, t.state.vectors, opts.vectors);
+    t.register(t.state.vectors);
     t.step = await t.stepFor(opts.batch);
     return t;
   }
@@ -312,26 +327,57 @@ export class TextualInversionTrainer {
    * The train step for `batch` images. It sees every learned token's rows (the model may
    * hold other words already); only this token's rows are updated.
    */
-  private async stepFor(batch: number, current?: TrainStep): Promise<TrainStep> {
-    const rows = this.sd.extraRows().length / this.sd.hiddenSize;
-    if (current && current.shape.rows === rows) return current;
+  private async stepFor(batch: number, current?: TrainStep, gradient = true): Promise<TrainStep> {
+    const shape = this.stepShape(batch);
+    if (current && current.shape.rows === shape.rows && current.shape.rows2 === shape.rows2) return current;
+    return TrainStep.create(this.sd, shape, false, gradient);
+  }
+
+  private stepShape(batch: number): TrainStepShape {
     const r = this.opts.resolution / this.sd.vaeFactor;
-    return TrainStep.create(this.sd, { batch, rows, latent: [this.sd.latentChannels, r, r] });
+    const rows = this.sd.extraRows().length / this.sd.hiddenSize;
+    const rows2 = this.sd.isXL ? this.sd.extraRows2().length / this.sd.hiddenSize2 : undefined;
+    return { batch, rows, rows2, latent: [this.sd.latentChannels, r, r] };
   }
 
-  /** Every learned row, with this token's set to `vectors`. */
-  private rowsWith(vectors: Float32Array): Float32Array {
-    this.sd.addLearnedToken(this.opts.token, vectors, this.opts.vectors);
-    return this.sd.extraRows();
+  /** This token's vectors for text encoder 1 and (SDXL) text encoder 2. */
+  private split(vectors: Float32Array): [Float32Array, Float32Array | undefined] {
+    const n1 = this.opts.vectors * this.sd.hiddenSize;
+    return [vectors.subarray(0, n1), this.sd.isXL ? vectors.subarray(n1) : undefined];
   }
 
-  /** This token's part of a gradient over every learned row. */
-  private ownGradient(all: Float32Array): Float32Array {
-    const d = this.sd.hiddenSize;
-    const ids = this.sd.learned.get(this.opts.token)!.ids;
-    const g = new Float32Array(ids.length * d);
-    ids.forEach((id, k) => g.set(all.subarray((id - this.sd.vocabSize) * d, (id - this.sd.vocabSize + 1) * d), k * d));
+  /** Sets this token's vectors in the model. */
+  private register(vectors: Float32Array): void {
+    const [v1, v2] = this.split(vectors);
+    this.sd.addLearnedToken(this.opts.token, v1, this.opts.vectors, v2);
+  }
+
+  /** Every learned row of each text encoder, with this token's set to `vectors`. */
+  private rowsWith(vectors: Float32Array): RowFeeds {
+    this.register(vectors);
+    return this.sd.isXL ? { rows: this.sd.extraRows(), rows2: this.sd.extraRows2() } : { rows: this.sd.extraRows() };
+  }
+
+  /** This token's part of a gradient over every learned row (SDXL: of both encoders, in split()'s order). */
+  private ownGradient(r: { grad: Float32Array; grad2?: Float32Array }): Float32Array {
+    const t = this.sd.learned.get(this.opts.token)!;
+    const own = (all: Float32Array, ids: number[], vocab: number, d: number) => {
+      const g = new Float32Array(ids.length * d);
+      ids.forEach((id, k) => g.set(all.subarray((id - vocab) * d, (id - vocab + 1) * d), k * d));
+      return g;
+    };
+    const g1 = own(r.grad, t.ids, this.sd.vocabSize, this.sd.hiddenSize);
+    if (!this.sd.isXL) return g1;
+    const g2 = own(r.grad2!, t.ids2!, this.sd.ckpt.textEncoder2Config!.vocab_size, this.sd.hiddenSize2);
+    const g = new Float32Array(g1.length + g2.length);
+    g.set(g1);
+    g.set(g2, g1.length);
     return g;
+  }
+
+  /** SDXL's time ids for an image of this size, as diffusers' SDXL script: crop (0, 0), square target. */
+  private timeIds(height: number, width: number): number[] {
+    return this.sd.isXL ? [height, width, 0, 0, this.opts.resolution, this.opts.resolution] : [];
   }
 
   /** The VAE encoder runs once per image (and per mirror), never per step. */
@@ -339,9 +385,9 @@ export class TextualInversionTrainer {
     const size = this.opts.resolution;
     const flips = this.opts.flipP > 0;
     for (const image of this.images) {
-      const chw = await image.pixels({ size, centerCrop: this.opts.centerCrop });
+      const { chw, height, width } = await image.pixels({ size, centerCrop: this.opts.centerCrop });
       const versions = flips ? [chw, flipHorizontal(chw, size, size)] : [chw];
-      const entry: CachedLatents = { name: image.name, caption: image.caption, mean: [], std: [] };
+      const entry: CachedLatents = { name: image.name, caption: image.caption, mean: [], std: [], timeIds: this.timeIds(height, width) };
       for (const v of versions) {
         const d = await this.sd.vaeEncode(v, [1, 3, size, size]);
         entry.mean.push(d.mean);
@@ -368,10 +414,12 @@ export class TextualInversionTrainer {
     return this.order.shift()!;
   }
 
-  private promptIds(template: string, caption = ''): number[] {
+  /** A caption's token ids for each tokenizer (SDXL's pad differently). */
+  private promptIds(template: string, caption = ''): PromptIds {
     const text = fillTrainingTemplate(template, this.opts.token, caption);
     const embeddings = new Map([[this.opts.token, this.opts.vectors]]);
-    return tokenizeWeighted(this.sd.tokenizer, text, { embeddings, emphasis: false }).chunks[0].ids;
+    const ids = (tokenizer: CLIPTokenizer) => tokenizeWeighted(tokenizer, text, { embeddings, emphasis: false }).chunks[0].ids;
+    return this.sd.tokenizer2 ? { ids: ids(this.sd.tokenizer), ids2: ids(this.sd.tokenizer2) } : { ids: ids(this.sd.tokenizer) };
   }
 
   /** Builds one random batch: ids, noisy latents, timesteps, targets. */
@@ -380,7 +428,7 @@ export class TextualInversionTrainer {
     const templates = this.templates;
     const [ch, h, w] = [this.sd.latentChannels, this.opts.resolution / this.sd.vaeFactor, this.opts.resolution / this.sd.vaeFactor];
     const n = ch * h * w;
-    const ids: number[] = [];
+    const text = new TextFeeds(this.sd.isXL);
     const noisy = new Float32Array(b * n);
     const target = new Float32Array(b * n);
     const ts: number[] = [];
@@ -390,7 +438,7 @@ export class TextualInversionTrainer {
       const u = this.gen.rand(2);
       const flip = img.mean.length > 1 && u[0] < this.opts.flipP ? 1 : 0;
       const template = templates[Math.min(templates.length - 1, Math.floor(u[1] * templates.length))];
-      ids.push(...this.promptIds(template, img.caption));
+      text.add(this.promptIds(template, img.caption), img.timeIds);
       const eps = this.gen.randn([1, ch, h, w]);
       const mean = img.mean[flip];
       const std = img.std[flip];
@@ -401,7 +449,7 @@ export class TextualInversionTrainer {
       target.set(this.noiseScheduler.trainingTarget(latents, noise, [t]), k * n);
       ts.push(t);
     }
-    return { ids, noisy, target, ts };
+    return { ...text.feeds(), noisy, target, ts };
   }
 
   /** One optimiser step (with gradient accumulation); returns its log line. */
@@ -413,9 +461,9 @@ export class TextualInversionTrainer {
     this.step = await this.stepFor(this.opts.batch, this.step);
     for (let a = 0; a < this.opts.gradAccum; a++) {
       const batch = this.sampleBatch();
-      const r = await this.step.run({ ...batch, t: batch.ts, rows });
+      const r = await this.step.run({ ...batch, t: batch.ts, ...rows });
       loss += r.loss / this.opts.gradAccum;
-      const own = this.ownGradient(r.grad);
+      const own = this.ownGradient(r);
       for (let i = 0; i < grad.length; i++) grad[i] += own[i] / this.opts.gradAccum;
     }
     if (!Number.isFinite(loss)) throw this.diverged(`the loss is ${loss}`);
@@ -433,7 +481,7 @@ export class TextualInversionTrainer {
     s.vectors.set(next.vectors);
     s.adam = next.adam;
     s.step += 1;
-    this.sd.addLearnedToken(this.opts.token, s.vectors, this.opts.vectors);
+    this.register(s.vectors);
     const log: StepLog = { step: s.step, loss, lr, seconds: (performance.now() - t0) / 1000 };
     if (gradNorm !== undefined) log.grad_norm = gradNorm;
     return log;
@@ -468,9 +516,10 @@ export class TextualInversionTrainer {
       const noise = gen.randn([1, ch, h, w]);
       const latents = Float32Array.from(img.mean[0], (m, k) => (m + img.std[0][k] * eps[k]) * this.sd.scalingFactor);
       const t = timesteps[i];
+      const text = new TextFeeds(this.sd.isXL).add(this.promptIds(templates[i % templates.length], img.caption), img.timeIds);
       const r = await fixedStep.run({
-        ids: this.promptIds(templates[i % templates.length], img.caption),
-        rows,
+        ...text.feeds(),
+        ...rows,
         noisy: this.noiseScheduler.addNoise(latents, noise, [t]),
         t: [t],
         target: this.noiseScheduler.trainingTarget(latents, noise, [t]),
@@ -489,20 +538,20 @@ export class TextualInversionTrainer {
     const cached = this.lastEval;
     if (cached && cached.vectors.every((v, i) => Object.is(v, s.vectors[i]))) return cached.loss;
     const r = this.opts.resolution / this.sd.vaeFactor;
+    const xl = this.sd.isXL;
     this.evalBatch ??= EvalBatch.draw({
       images: this.cache,
       samples: this.opts.batch * this.opts.gradAccum,
       flipP: this.opts.flipP,
       seed: this.opts.seed,
       templates: this.templates,
-      promptIds: (template, caption) => this.promptIds(template, caption),
+      text: (template, img) => new TextFeeds(xl).add(this.promptIds(template, img.caption), img.timeIds),
       scheduler: this.noiseScheduler,
       latentShape: [this.sd.latentChannels, r, r],
       scalingFactor: this.sd.scalingFactor,
     });
     const rows = this.rowsWith(s.vectors);
-    const n = rows.length / this.sd.hiddenSize;
-    if (this.evalStep?.shape.rows !== n) this.evalStep = await TrainStep.create(this.sd, { batch: this.opts.batch, rows: n, latent: [this.sd.latentChannels, r, r] }, false, false);
+    this.evalStep = await this.stepFor(this.opts.batch, this.evalStep, false);
     const loss = await this.evalBatch.loss(this.evalStep, rows);
     this.lastEval = { vectors: Float32Array.from(s.vectors), loss };
     return loss;
@@ -520,18 +569,15 @@ export class TextualInversionTrainer {
    * last step also gets its own -steps-N files. Returns the files written.
    */
   keepEmbeddings(dir: string, evalLoss: number): string[] {
-    const e = this.saveEmbeddings(dir, '', evalLoss);
-    const files = [e.diffusers, e.a1111];
+    const files = this.saveEmbeddings(dir, '', evalLoss).all;
     const keep = this.opts.keep;
     if (keep === 'all') {
-      const s = this.saveEmbeddings(dir, `-steps-${this.state.step}`, evalLoss);
-      files.push(s.diffusers, s.a1111);
+      files.push(...this.saveEmbeddings(dir, `-steps-${this.state.step}`, evalLoss).all);
     } else if (keep === 'best') {
       const rec = this.record.recommend(this.opts);
       const best = this.record.best;
       if (rec && best && rec.step === best.step && rec.step !== this.state.step) {
-        const embedding = { ...this.embedding, vectors: Float32Array.from(best.vectors) };
-        writeEmbeddingFiles(dir, embedding, { step: best.step, model: this.sd.ckpt.source, evalLoss: best.evalLoss });
+        writeEmbeddingFiles(dir, this.embeddingOf(best.vectors), { step: best.step, model: this.sd.ckpt.source, evalLoss: best.evalLoss });
       }
       for (const s of this.record.saved) for (const f of s.files ?? []) rmSync(f, { force: true });
     }
@@ -548,7 +594,7 @@ export class TextualInversionTrainer {
     writeSafetensors(
       path,
       {
-        vectors: { dtype: 'F32', shape: [this.opts.vectors, this.sd.hiddenSize], data: s.vectors },
+        ...this.vectorTensors('vectors', s.vectors),
         'adam.m': { dtype: 'F32', shape: [s.vectors.length], data: s.adam.m },
         'adam.v': { dtype: 'F32', shape: [s.vectors.length], data: s.adam.v },
         ...this.stoppingTensors(stopping.bestVectors),
@@ -570,11 +616,29 @@ export class TextualInversionTrainer {
   }
 
   private stoppingTensors(best: Float32Array | null) {
-    const shape = [this.opts.vectors, this.sd.hiddenSize];
-    return {
-      'init.vectors': { dtype: 'F32' as const, shape, data: this.initVectors },
-      ...(best ? { 'best.vectors': { dtype: 'F32' as const, shape, data: best } } : {}),
-    };
+    return { ...this.vectorTensors('init.vectors', this.initVectors), ...(best ? this.vectorTensors('best.vectors', best) : {}) };
+  }
+
+  /** A vector set as state tensors: `name` [N, D] (SDXL: text encoder 1's, and `name`2 [N, D2] for encoder 2). */
+  private vectorTensors(name: string, data: Float32Array): Record<string, TensorToWrite> {
+    const [v1, v2] = this.split(data);
+    const n = this.opts.vectors;
+    const out: Record<string, TensorToWrite> = { [name]: { dtype: 'F32', shape: [n, this.sd.hiddenSize], data: v1 } };
+    if (v2) out[`${name}2`] = { dtype: 'F32', shape: [n, this.sd.hiddenSize2], data: v2 };
+    return out;
+  }
+
+  /** A vector set written by vectorTensors, or null when the state has none. */
+  private readVectors(f: SafetensorsFile, name: string): Float32Array | null {
+    if (!f.has(name)) return null;
+    const v1 = f.readFloat32(name);
+    if (!this.sd.isXL) return v1;
+    if (!f.has(`${name}2`)) throw new TrainError(`${f.path}: no "${name}2" (text encoder 2's vectors); this state was not trained on an SDXL model`);
+    const v2 = f.readFloat32(`${name}2`);
+    const out = new Float32Array(v1.length + v2.length);
+    out.set(v1);
+    out.set(v2, v1.length);
+    return out;
   }
 
   /** Restores a state written by saveState; the images must be the same files. */
@@ -589,28 +653,38 @@ export class TextualInversionTrainer {
     if (fingerprint !== undefined && fingerprint !== this.modelFingerprint) {
       throw TrainError.badOption('resume', `${dir} was trained on ${f.metadata.model ?? 'another model'}, not on ${this.sd.ckpt.source} (the weights differ); pass that model`);
     }
-    const vectors = f.readFloat32('vectors');
+    const vectors = this.readVectors(f, 'vectors') ?? new Float32Array(0);
     if (vectors.length !== this.state.vectors.length) throw new TrainError(`${path}: ${vectors.length} values, expected ${this.state.vectors.length}`);
     this.state.vectors.set(vectors);
     this.state.adam = { step: Number(f.metadata.adam_step), m: f.readFloat32('adam.m'), v: f.readFloat32('adam.v') };
     this.state.step = Number(f.metadata.step);
     this.gen.setState(JSON.parse(f.metadata.rng));
     this.order = JSON.parse(f.metadata.order ?? '[]') as number[];
-    if (f.has('init.vectors')) this.initVectors = Float32Array.from(f.readFloat32('init.vectors'));
-    this.record = StoppingRecord.fromState(f.metadata.stopping, f.has('best.vectors') ? f.readFloat32('best.vectors') : null);
-    this.sd.addLearnedToken(this.opts.token, this.state.vectors, this.opts.vectors);
+    const init = this.readVectors(f, 'init.vectors');
+    if (init) this.initVectors = Float32Array.from(init);
+    this.record = StoppingRecord.fromState(f.metadata.stopping, this.readVectors(f, 'best.vectors'));
+    this.register(this.state.vectors);
   }
 
   /** The word learned so far. */
   get embedding(): LearnedEmbedding {
-    const d = this.sd.hiddenSize;
-    return { token: this.opts.token, vectors: Float32Array.from(this.state.vectors), count: this.opts.vectors, dim: d };
+    return this.embeddingOf(this.state.vectors);
+  }
+
+  /** A vector set (split()'s layout) as an embedding: SDXL words carry text encoder 2's vectors too. */
+  private embeddingOf(vectors: Float32Array): LearnedEmbedding {
+    const [v1, v2] = this.split(vectors);
+    const e: LearnedEmbedding = { token: this.opts.token, vectors: Float32Array.from(v1), count: this.opts.vectors, dim: this.sd.hiddenSize };
+    if (v2) Object.assign(e, { vectors2: Float32Array.from(v2), dim2: this.sd.hiddenSize2 });
+    return e;
   }
 
   /** Writes the learned word in both formats: diffusers and A1111/ComfyUI. */
-  saveEmbeddings(dir = this.outDir(), suffix = '', evalLoss?: number): { diffusers: string; a1111: string } {
+  /** Writes the learned word in both formats; `all` lists every file (SDXL's diffusers pair has two). */
+  saveEmbeddings(dir = this.outDir(), suffix = '', evalLoss?: number): { diffusers: string; a1111: string; all: string[] } {
     const files = writeEmbeddingFiles(dir, this.embedding, { suffix, step: this.state.step, model: this.sd.ckpt.source, evalLoss });
-    return { diffusers: files.diffusers!, a1111: files.a1111! };
+    const all = [files.diffusers!, ...(files.diffusers2 ? [files.diffusers2] : []), files.a1111!];
+    return { diffusers: files.diffusers!, a1111: files.a1111!, all };
   }
 
   private outDir(): string {
@@ -624,25 +698,36 @@ export type EmbeddingFileFormat = 'diffusers' | 'a1111';
 /**
  * Writes a learned word as `learned_embeds<suffix>.safetensors` (diffusers) and/or
  * `<name><suffix>.safetensors` (AUTOMATIC1111 / ComfyUI; name = the token without <>).
+ * SDXL words (with text encoder 2's vectors): diffusers' pair, `learned_embeds<suffix>` for
+ * text_encoder and `learned_embeds_2<suffix>` for text_encoder_2 (`diffusers2`), and
+ * `<name>.safetensors` with `clip_l` and `clip_g` (kohya, A1111, ComfyUI).
  */
 export function writeEmbeddingFiles(
   dir: string,
   e: LearnedEmbedding,
   opts: { formats?: readonly EmbeddingFileFormat[]; suffix?: string; step?: number; model?: string; evalLoss?: number } = {},
-): Partial<Record<EmbeddingFileFormat, string>> {
+): Partial<Record<EmbeddingFileFormat | 'diffusers2', string>> {
   const formats = opts.formats ?? ['diffusers', 'a1111'];
   for (const f of formats) if (f !== 'diffusers' && f !== 'a1111') throw TrainError.badOption('formats', `must list "diffusers" and/or "a1111", got "${f}"`);
   // Checked before anything is written: the token becomes a file name inside `dir`.
   const names = embeddingFileNames(e.token, opts.suffix);
   makeFolder(dir);
-  const files: Partial<Record<EmbeddingFileFormat, string>> = {};
+  const files: Partial<Record<EmbeddingFileFormat | 'diffusers2', string>> = {};
+  const a1111Meta = { step: opts.step, sdCheckpointName: opts.model, eval_loss: opts.evalLoss };
+  const name = e.token.replace(/^<|>$/g, '');
   if (formats.includes('diffusers')) {
     files.diffusers = join(dir, names.diffusers);
-    saveDiffusersEmbedding(files.diffusers, e.token, e.vectors, e.count, e.dim, trainingMeta(opts));
+    if (e.vectors2) {
+      saveDiffusersSDXLEmbedding(files.diffusers, e.token, e.vectors, e.vectors2, e.count, e.dim, e.dim2!, trainingMeta(opts));
+      files.diffusers2 = diffusersSecondFile(files.diffusers);
+    } else {
+      saveDiffusersEmbedding(files.diffusers, e.token, e.vectors, e.count, e.dim, trainingMeta(opts));
+    }
   }
   if (formats.includes('a1111')) {
     files.a1111 = join(dir, names.a1111);
-    saveA1111Embedding(files.a1111, e.token.replace(/^<|>$/g, ''), e.vectors, e.count, e.dim, { step: opts.step, sdCheckpointName: opts.model, eval_loss: opts.evalLoss });
+    if (e.vectors2) saveSDXLEmbedding(files.a1111, name, e.vectors, e.vectors2, e.count, e.dim, e.dim2!, a1111Meta);
+    else saveA1111Embedding(files.a1111, name, e.vectors, e.count, e.dim, a1111Meta);
   }
   return files;
 }
@@ -724,10 +809,10 @@ export async function train(trainer: TextualInversionTrainer, hooks: TrainHooks 
     if (!out) return;
     const evalLoss = await trainer.evalLoss();
     const e = trainer.saveEmbeddings(out, `-steps-${trainer.state.step}`, evalLoss);
-    await trainer.savedStep([e.diffusers, e.a1111]);
+    await trainer.savedStep(e.all);
     const state = trainer.saveState();
     saved = trainer.state.step;
-    hooks.onSave?.(trainer.state.step, [state, e.diffusers, e.a1111], evalLoss);
+    hooks.onSave?.(trainer.state.step, [state, ...e.all], evalLoss);
   };
   while (trainer.state.step < o.steps && !(o.stop === 'auto' && record.stoppedAt)) {
     if (trainer.stopping) {

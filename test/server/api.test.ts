@@ -29,7 +29,7 @@ after(async () => {
 test('serve: models are the bundled one plus the fixtures folder, by id only', async () => {
   const { status, body } = await getJson<Array<Record<string, unknown>>>(server.url, '/api/models');
   assert.equal(status, 200);
-  assert.deepEqual(body.map((m) => m.id), ['shapes', 'sd1-tiny', 'sd1-tiny-single-file.safetensors', 'sd2-tiny']);
+  assert.deepEqual(body.map((m) => m.id), ['shapes', 'sd1-tiny', 'sd1-tiny-single-file.safetensors', 'sd2-tiny', 'sdxl-tiny']);
   assert.ok(body.every((m) => !('path' in m)), 'no server path is shown');
   assert.deepEqual(body.find((m) => m.id === 'sd1-tiny'), { id: 'sd1-tiny', name: 'sd1-tiny', layout: 'diffusers', family: 'sd1', resolution: 64, sampler: 'dpmpp2m-karras', hidden_size: 32 });
 });
