@@ -23,7 +23,7 @@ Options:
                         as diffusers' force_zeros_for_empty_prompt)
   --steps N             sampling steps (default 30)
   --cfg X               classifier-free guidance scale (default 7.5, SDXL 5.0; 1 = no guidance)
-  --scheduler NAME      sampler (default dpmpp2m-karras; dpmpp2m for zero-terminal-SNR models):
+  --scheduler NAME      sampler (default dpmpp2m-karras; dpmpp2m for zero-terminal-SNR models, euler for SDXL):
 ${describeSamplers().replace(/^/gm, '    ')}
   --eta X               DDIM noise (ddim only; default 0)
   --seed N              seed of the first image; image i uses seed + i (default 42)

@@ -19,7 +19,7 @@ export interface GenerateOptions {
   steps?: number;
   /** Classifier-free guidance scale (1 = no guidance). Default 7.5 (SDXL: 5.0, as StableDiffusionXLPipeline). */
   guidance?: number;
-  /** One of ddim, pndm, euler, euler-karras, euler-a, dpmpp2m, dpmpp2m-karras. Default "dpmpp2m-karras" (dpmpp2m for zero-terminal-SNR models). */
+  /** One of ddim, pndm, euler, euler-karras, euler-a, dpmpp2m, dpmpp2m-karras. Default "dpmpp2m-karras" (dpmpp2m for zero-terminal-SNR models, euler for SDXL as its pipeline). */
   sampler?: string;
   /** Seed of the first image; image i uses seed + i. Default 42. */
   seed?: number;
@@ -65,6 +65,8 @@ export class GenerateError extends OnewordError {
  * those get DPM++ 2M on the model's own (trailing) timesteps.
  */
 export function defaultSampler(sd: StableDiffusion): SamplerName {
+  // SDXL: its own Euler scheduler ("leading" spacing, steps_offset 1), as StableDiffusionXLPipeline.
+  if (sd.isXL) return 'euler';
   return sd.ckpt.schedulerConfig?.rescale_betas_zero_snr === true ? 'dpmpp2m' : 'dpmpp2m-karras';
 }
 

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { StableDiffusion } from '../../src/pipelines/stable-diffusion.ts';
-import { generate } from '../../src/pipelines/generate.ts';
+import { defaultSampler, generate } from '../../src/pipelines/generate.ts';
 import { tokenizeWeighted } from '../../src/pipelines/prompt.ts';
 import { createSampler, TorchGenerator } from '../../src/schedulers/index.ts';
 import { decodeLatents, denoise, encodePrompt, sdxlTimeIds, zeroPrompt } from '../../src/pipelines/text-to-image.ts';
@@ -48,6 +48,11 @@ test('SDXL generate: zero negative, default time ids [H, W, 0, 0, H, W], guidanc
   const [width, height] = [48, 64];
   const opts = { prompt: prompts[0], steps: 3, sampler: 'euler', seed: 3, width, height };
   const [img] = await generate(sd, opts);
+  // The default sampler is the model's own Euler ("leading" spacing), as StableDiffusionXLPipeline.
+  assert.equal(defaultSampler(sd), 'euler');
+  const { sampler: _s, ...noSampler } = opts;
+  void _s;
+  assert.deepEqual((await generate(sd, noSampler))[0].pixels, img.pixels);
   const latentShape = [4, 32, 24] as const;
   const manual = async (timeIds: Float32Array) => {
     const cond = await encodePrompt(sd, prompts[0]);
