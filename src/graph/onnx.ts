@@ -263,6 +263,8 @@ interface ExportPlan {
   gemmBias: Map<number, number>;
   /** add id → the Gemm that computes it. */
   gemmOut: Map<number, { x2: string; w: string; bias: Tensor; transB: boolean }>;
+  /** Gemm-lowered adds read only through last-axis slices: each slice becomes its own Gemm. */
+  gemmSplit: Set<number>;
 }
 
 /**
@@ -292,11 +294,17 @@ function liveTensors(graph: Graph, outs: [string, Tensor][]): Uint8Array {
   return live;
 }
 
+/** Consumers of each live tensor, by id (graph outputs count as one use, marked by null). */
+function consumers(graph: Graph, live: Uint8Array, outs: [string, Tensor][]): Array<Array<Tensor | null>> {
+  const uses: Array<Array<Tensor | null>> = graph.tensors.map(() => []);
+  for (const t of graph.tensors) if (live[t.id]) for (const x of t.inputs) uses[x.id].push(t);
+  for (const [, t] of outs) uses[t.id].push(null);
+  return uses;
+}
+
 /** Bias adds that fuse into their matmul's Gemm: only a matmul used once (outputs count as one use). */
-function gemmFusions(graph: Graph, live: Uint8Array, outs: [string, Tensor][]): Map<number, number> {
-  const uses = new Uint32Array(graph.tensors.length);
-  for (const t of graph.tensors) if (live[t.id]) for (const x of t.inputs) uses[x.id]++;
-  for (const [, t] of outs) uses[t.id]++;
+function gemmFusions(graph: Graph, live: Uint8Array, consumed: Array<Array<Tensor | null>>): Map<number, number> {
+  const uses = consumed.map((c) => c.length);
   const gemmBias = new Map<number, number>();
   for (const t of graph.tensors) {
     if (!live[t.id] || t.op !== 'add') continue;
@@ -308,6 +316,27 @@ function gemmFusions(graph: Graph, live: Uint8Array, outs: [string, Tensor][]): 
     }
   }
   return gemmBias;
+}
+
+/**
+ * Linear layers whose output is only ever read in last-axis pieces (GEGLU's value and gate
+ * halves) with initializer weights: each piece is computed by its own Gemm on the matching
+ * rows of W and b (sliced once, at session creation), so the full product is never written
+ * and then split. Measured in docs/performance.md.
+ */
+function gemmSplits(graph: Graph, gemmBias: Map<number, number>, consumed: Array<Array<Tensor | null>>, isInit: (t: Tensor) => boolean): Set<number> {
+  const out = new Set<number>();
+  for (const [mm, add] of gemmBias) {
+    const m = graph.tensors[mm];
+    const a = graph.tensors[add];
+    const bias = a.inputs[0] === m ? a.inputs[1] : a.inputs[0];
+    if (!m.attrs.transB || !isInit(m.inputs[1]) || !isInit(bias)) continue;
+    const last = a.rank - 1;
+    const readers = consumed[add];
+    const pieces = readers.every((r) => r !== null && r.op === 'slice' && (r.attrs.axes as number[]).length === 1 && (r.attrs.axes as number[])[0] === last);
+    if (readers.length > 1 && pieces) out.add(add);
+  }
+  return out;
 }
 
 /** Writes the ONNX nodes of one tensor; `ins` are its inputs' value names, `name` its own. */
@@ -376,6 +405,7 @@ function lowerAdd(w: OnnxWriter, t: Tensor, ins: string[], name: string): void {
     w.emit('Add', ins, name);
     return;
   }
+  if (w.plan.gemmSplit.has(t.id)) return; // computed piece by piece in lowerSlice
   const out = t.rank === 2 ? name : w.tmp();
   w.emit('Gemm', [g.x2, g.w, w.nameOf.get(g.bias.id)!], out, [attrInt('transB', g.transB ? 1 : 0)]);
   if (t.rank !== 2) w.emit('Reshape', [out, w.constI64(t.shape)], name);
@@ -454,6 +484,25 @@ function lowerReduce(w: OnnxWriter, t: Tensor, ins: string[], name: string): voi
   w.emit(op, [ins[0], w.constI64(a.axes)], name, [attrInt('keepdims', a.keepDims ? 1 : 0)]);
 }
 
+/** A slice, or one piece of a split Gemm (see gemmSplits): Gemm on the sliced rows of W and b. */
+function lowerSlice(w: OnnxWriter, t: Tensor, ins: string[], name: string): void {
+  const a = t.attrs as { starts: number[]; ends: number[]; axes: number[] };
+  const src = t.inputs[0];
+  const g = w.plan.gemmSplit.has(src.id) ? w.plan.gemmOut.get(src.id) : undefined;
+  if (!g) {
+    w.emit('Slice', [ins[0], w.constI64(a.starts), w.constI64(a.ends), w.constI64(a.axes)], name);
+    return;
+  }
+  const rows = (x: string) => {
+    const out = w.tmp();
+    w.emit('Slice', [x, w.constI64(a.starts), w.constI64(a.ends), w.constI64([0])], out);
+    return out;
+  };
+  const out = t.rank === 2 ? name : w.tmp();
+  w.emit('Gemm', [g.x2, rows(g.w), rows(w.nameOf.get(g.bias.id)!)], out, [attrInt('transB', 1)]);
+  if (t.rank !== 2) w.emit('Reshape', [out, w.constI64(t.shape)], name);
+}
+
 /** One lowering per primitive that is not a plain one-to-one ONNX op (those are in SIMPLE). */
 const lowerings: Record<string, Lowering> = {
   input: (w, t, _ins, name) => w.input(t, name),
@@ -480,10 +529,7 @@ const lowerings: Record<string, Lowering> = {
   expand: (w, t, ins, name) => w.emit('Expand', [ins[0], w.constI64(t.shape)], name),
   transpose: (w, t, ins, name) => w.emit('Transpose', ins, name, [attrInts('perm', t.attrs.perm as number[])]),
   concat: (w, t, ins, name) => w.emit('Concat', ins, name, [attrInt('axis', t.attrs.axis as number)]),
-  slice: (w, t, ins, name) => {
-    const a = t.attrs as { starts: number[]; ends: number[]; axes: number[] };
-    w.emit('Slice', [ins[0], w.constI64(a.starts), w.constI64(a.ends), w.constI64(a.axes)], name);
-  },
+  slice: lowerSlice,
   pad: (w, t, ins, name) => {
     const pads = t.attrs.pads as number[][];
     w.emit('Pad', [ins[0], w.constI64([...pads.map((p) => p[0]), ...pads.map((p) => p[1])])], name, [attrString('mode', 'constant')]);
@@ -515,7 +561,11 @@ export function exportOnnx(outputs: Record<string, Tensor>, opts: ExportOptions 
   const real = realWeightPaths(graph, mode);
   const externalRoot = mode === 'external' && real.size ? opts.externalRoot ?? commonFolder([...real.values()]) : null;
   const live = liveTensors(graph, outs);
-  const w = new OnnxWriter(graph, { mode, real, externalRoot, live, gemmBias: gemmFusions(graph, live, outs), gemmOut: new Map() });
+  const consumed = consumers(graph, live, outs);
+  const gemmBias = gemmFusions(graph, live, consumed);
+  const plan: ExportPlan = { mode, real, externalRoot, live, gemmBias, gemmOut: new Map(), gemmSplit: new Set() };
+  const w = new OnnxWriter(graph, plan);
+  for (const id of gemmSplits(graph, gemmBias, consumed, (t) => w.isInit(t))) plan.gemmSplit.add(id);
   // Nodes that compute an output write to the output's name directly (no Identity copy).
   const directOut = new Map<number, string>();
   for (const [oname, t] of outs) if (t.op !== 'input' && t.op !== 'weight' && t.op !== 'const' && !directOut.has(t.id)) directOut.set(t.id, oname);

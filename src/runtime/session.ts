@@ -10,6 +10,7 @@ import './ort-telemetry.ts';
 import ort from 'onnxruntime-node';
 import { createHash } from 'node:crypto';
 import { statSync } from 'node:fs';
+import { basename } from 'node:path';
 import { exportOnnx, type ExportedModel, type ExportOptions } from '../graph/onnx.ts';
 import { GraphError, Tensor, type DType, type HostArray } from '../graph/tensor.ts';
 import { MAX_THREADS, threadsProblem } from './threads.ts';
@@ -24,6 +25,8 @@ export interface CompileOptions extends ExportOptions {
   profilePrefix?: string;
   /** Let idle intra-op threads spin-wait for work (ORT's default) instead of sleeping. */
   spinning?: boolean;
+  /** Write the graph as ORT optimised it (ONNX) to this path, for inspection. */
+  optimizedModelPath?: string;
 }
 
 export type Feed = HostArray | Int32Array | number[];
@@ -104,7 +107,7 @@ export async function compile(outputs: Record<string, Tensor>, opts: CompileOpti
   const threads = opts.threads ?? MAX_THREADS;
   const level = opts.optimization ?? 'all';
   const key = sessionKey(exported, {
-    threads, level, p: opts.disablePrepacking ?? false, s: opts.spinning ?? null, r: exported.externalRoot ?? '', prof: opts.profilePrefix ?? null,
+    threads, level, p: opts.disablePrepacking ?? false, s: opts.spinning ?? null, r: exported.externalRoot ?? '', prof: opts.profilePrefix ?? null, opt: opts.optimizedModelPath ?? null,
   });
   let session = sessions.get(key);
   if (!session) {
@@ -114,11 +117,14 @@ export async function compile(outputs: Record<string, Tensor>, opts: CompileOpti
       graphOptimizationLevel: level,
       executionMode: 'sequential',
       ...(opts.profilePrefix ? { enableProfiling: true, profileFilePrefix: opts.profilePrefix } : {}),
+      ...(opts.optimizedModelPath ? { optimizedModelFilePath: opts.optimizedModelPath } : {}),
       extra: {
         session: {
           ...(opts.disablePrepacking ? { disable_prepacking: '1' } : {}),
-          ...(opts.spinning !== undefined ? { 'session.intra_op.allow_spinning': opts.spinning ? '1' : '0' } : {}),
+          ...(opts.spinning !== undefined ? { 'intra_op.allow_spinning': opts.spinning ? '1' : '0' } : {}),
           ...(exported.externalRoot ? { model_external_initializers_file_folder_path: exported.externalRoot } : {}),
+          // Weights of the written model go to a side file (a 2 GiB protobuf cannot hold a UNet).
+          ...(opts.optimizedModelPath ? { optimized_model_external_initializers_file_name: `${basename(opts.optimizedModelPath)}.data` } : {}),
         },
       },
     };

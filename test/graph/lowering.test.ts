@@ -72,3 +72,26 @@ test('float64 graphs: transposed matmuls fall back to Transpose + MatMul (FusedM
   assert.equal(got.length, want.length);
   for (let i = 0; i < want.length; i++) assert.ok(Math.abs(got[i] - want[i]) < 1e-12);
 });
+
+test("GEGLU: a linear layer read only in last-axis halves becomes one Gemm per half (the product is never split), same values", async () => {
+  const { compile } = await import('../../src/runtime/session.ts');
+  const build = (g: o.Graph) => {
+    const x = g.input('x', [1, 5, 4]);
+    const wt = g.weight('w', [6, 4], { kind: 'memory', data: Float32Array.from({ length: 24 }, (_, i) => Math.sin(i + 1)) });
+    const b = g.weight('b', [6], { kind: 'memory', data: Float32Array.from({ length: 6 }, (_, i) => Math.cos(i)) });
+    const proj = o.linear(x, wt, b);
+    return o.mul(o.slice(proj, [2], [0], [3]), o.gelu(o.slice(proj, [2], [3], [6])));
+  };
+  const g = new o.Graph();
+  const y = build(g);
+  const ops = opTypes({ y });
+  assert.equal(ops.filter((t) => t === 'Gemm').length, 2, String(ops));
+  assert.ok(!ops.includes('Split'), String(ops));
+  const x = Float32Array.from({ length: 20 }, (_, i) => Math.sin(3 * i));
+  const got = (await (await compile({ y })).run({ x })).y as Float32Array;
+  const [want] = o.evaluate([y], { x: Float64Array.from(x) });
+  for (let i = 0; i < want.length; i++) assert.ok(Math.abs(got[i] - want[i]) < 1e-5, `${i}: ${got[i]} vs ${want[i]}`);
+  // Fed weights are not initializers: slicing them would run on every call, so the product is sliced instead.
+  const g2 = new o.Graph();
+  assert.equal(opTypes({ y: build(g2) }, 'feed').filter((t) => t === 'Gemm').length, 1);
+});

@@ -3,7 +3,7 @@
 // fed weights stay with each compiled graph.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as o from '../../src/graph/index.ts';
@@ -129,4 +129,22 @@ test('identical graphs share one session; a different graph gets its own', async
   const y = (await a.run({ x: [0, 1, 2, 3] })).y as Float32Array;
   assert.ok(Math.abs(y[2] - Math.exp(2)) < 1e-5);
   assert.deepEqual([...((await c.run({ x: [0, 1, 2, 3] })).y as Float32Array)], [-0, -1, -2, -3]);
+});
+
+test("optimizedModelPath writes the graph ORT runs, with its weights in a side file (session config keys reach ORT)", async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'oneword-opt-'));
+  try {
+    const g = new o.Graph();
+    const x = g.input('x', [2, 64]);
+    // Above ORT's 1 KiB threshold for moving an initializer to the side file.
+    const wt = g.weight('w', [64, 64], { kind: 'memory', data: Float32Array.from({ length: 4096 }, (_, i) => i / 1e4) });
+    const path = join(dir, 'optimized.onnx');
+    const c = await compile({ y: o.linear(x, wt) }, { optimizedModelPath: path });
+    await c.run({ x: new Float32Array(128).fill(1) });
+    assert.ok(statSync(path).size > 0);
+    // The side file's name is a session config entry: it exists only if the key reached ORT.
+    assert.ok(existsSync(`${path}.data`), 'no external-initializer file next to the optimised model');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
