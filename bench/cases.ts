@@ -35,7 +35,7 @@ const envInt = (name: string, def: number) => {
 /** ONEWORD_BENCH_THREADS sets ORT's intra-op threads (default: all cores). */
 function load(): StableDiffusion {
   const threads = process.env.ONEWORD_BENCH_THREADS ? envInt('ONEWORD_BENCH_THREADS', 1) : undefined;
-  return StableDiffusion.load(ensureSd15(), { threads });
+  return StableDiffusion.load(ensureSd15(), { threads, lowMemory: process.env.ONEWORD_BENCH_LOW_MEMORY === '1' });
 }
 
 /** "a photo of" + optional extra ids, with bos/eos/padding to 77 (SD 1.x tokenizer). */
@@ -105,7 +105,7 @@ async function trainCase(size: number): Promise<Fields> {
 /** The SDXL base architecture (bench/sdxl.ts). */
 function loadXL(): StableDiffusion {
   const threads = process.env.ONEWORD_BENCH_THREADS ? envInt('ONEWORD_BENCH_THREADS', 1) : undefined;
-  return StableDiffusion.load(ensureSdxl(), { threads });
+  return StableDiffusion.load(ensureSdxl(), { threads, lowMemory: process.env.ONEWORD_BENCH_LOW_MEMORY === '1' });
 }
 
 /** SDXL's conditioning for one prompt: both encoders' states [1, 77, 2048], pooled [1, 1280], time ids for a square image. */
@@ -182,5 +182,6 @@ export async function runCase(name: string): Promise<Fields> {
   // The peer's generate rows are 20 steps: with another step count there is nothing to compare.
   const peer = c.suite === 'generate' && f.steps !== 20 ? null : PEER[name];
   const threads = process.env.ONEWORD_BENCH_THREADS ? Number(process.env.ONEWORD_BENCH_THREADS) : availableParallelism();
-  return { case: name, seconds, ...rest, peak_rss_mb: peakRssMb(), ...rssSplitMb(), peer_seconds: peer, ratio: peer ? seconds / peer : null, threads };
+  const lowMemory = process.env.ONEWORD_BENCH_LOW_MEMORY === '1';
+  return { case: name, seconds, ...rest, peak_rss_mb: peakRssMb(), ...rssSplitMb(), peer_seconds: peer, ratio: peer ? seconds / peer : null, threads, ...(lowMemory ? { low_memory: 1 } : {}) };
 }

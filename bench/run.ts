@@ -10,6 +10,7 @@
 // diffusers folder (bench/sd15.ts; ONEWORD_BENCH_MODEL_DIR to relocate), each case in its
 // own process so peak_rss_mb is that case's. A case name runs just that case.
 // ONEWORD_BENCH_THREADS sets ORT's intra-op thread count (default: all cores).
+// ONEWORD_BENCH_LOW_MEMORY=1 loads models with lowMemory (weights memory-mapped, no prepacking).
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { benchEngine } from './engine.ts';

@@ -37,6 +37,8 @@ ${describeSamplers().replace(/^/gm, '    ')}
                         (default: the file name). diffusers, A1111/kohya .safetensors and .pt/.bin files
   --out DIR             output folder (default outputs)
   --threads N           CPU threads, 1 to the number of cores (default: all cores)
+  --low-memory          keep the weights memory-mapped (no private re-laid-out copy; ~6 % slower);
+                        on by default when the weights exceed a third of this machine's memory
   --progress MODE       bar | json | quiet (default bar);  --quiet = --progress quiet
 `;
 
@@ -99,7 +101,7 @@ export async function generateCommand(argv: string[]): Promise<number> {
     model: { type: 'string' }, config: { type: 'string' }, prompt: { type: 'string', alias: 'p' }, negative: { type: 'string' },
     steps: { type: 'number' }, cfg: { type: 'number' }, scheduler: { type: 'string' }, eta: { type: 'number' },
     seed: { type: 'number' }, width: { type: 'number' }, height: { type: 'number' }, count: { type: 'number', alias: 'n' },
-    embedding: { type: 'string', multiple: true }, out: { type: 'string', alias: 'o' }, threads: { type: 'number' },
+    embedding: { type: 'string', multiple: true }, out: { type: 'string', alias: 'o' }, threads: { type: 'number' }, 'low-memory': { type: 'boolean' },
     progress: { type: 'string' }, quiet: { type: 'boolean', alias: 'q' }, help: { type: 'boolean', alias: 'h' },
     'original-size': { type: 'string' }, 'crops-coords-top-left': { type: 'string' }, 'target-size': { type: 'string' },
   });
@@ -131,7 +133,7 @@ export async function generateCommand(argv: string[]): Promise<number> {
     targetSize: sizePair('target-size', flags['target-size']),
   };
   checkGenerateValues(given);
-  const sd = StableDiffusion.load(modelPath, { threads, config: flags.config as string | undefined });
+  const sd = StableDiffusion.load(modelPath, { threads, config: flags.config as string | undefined, lowMemory: flags['low-memory'] ? true : undefined });
   reportWarnings(mode, sd.ckpt.warnings);
   const tiHashes = loadEmbeddingsInto(sd, embeddings);
   const opts = checkGenerateOptions(sd, given);

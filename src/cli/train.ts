@@ -66,6 +66,8 @@ Options (defaults as diffusers' textual_inversion.py unless noted):
                         a run is refused: pass --resume DIR to continue it, or another --out.
                         A lock file (.oneword.lock) keeps a second run out while this one trains
   --threads N           CPU threads, 1 to the number of cores (default: all cores)
+  --low-memory          keep the weights memory-mapped (no private re-laid-out copy; ~6 % slower);
+                        on by default when the weights exceed a third of this machine's memory
   --progress MODE       bar | json | quiet (default bar);  --quiet = --progress quiet
 
 Writes learned_embeds.safetensors (diffusers) and <name>.safetensors (AUTOMATIC1111 /
@@ -85,12 +87,12 @@ const SPEC: Record<string, FlagSpec> = {
   'preview-every': { type: 'number' }, 'preview-prompt': { type: 'string' }, resume: { type: 'string' }, out: { type: 'string' },
   stop: { type: 'string' }, 'stop-window': { type: 'number' }, 'stop-eps': { type: 'number' }, 'eval-every': { type: 'number' },
   keep: { type: 'string' }, 'init-mode': { type: 'string' }, 'init-pull': { type: 'number' },
-  threads: { type: 'number' }, progress: { type: 'string' }, quiet: { type: 'boolean', alias: 'q' }, help: { type: 'boolean', alias: 'h' },
+  threads: { type: 'number' }, 'low-memory': { type: 'boolean' }, progress: { type: 'string' }, quiet: { type: 'boolean', alias: 'q' }, help: { type: 'boolean', alias: 'h' },
 };
 
 /** Flags a resumed run may set; the others are saved with the run and cannot change. */
 const RESUME_FLAGS = new Set([
-  'model', 'config', 'resume', 'steps', 'out', 'stop', 'threads', 'progress', 'quiet', 'help', 'preview-every', 'preview-prompt',
+  'model', 'config', 'resume', 'steps', 'out', 'stop', 'threads', 'low-memory', 'progress', 'quiet', 'help', 'preview-every', 'preview-prompt',
 ]);
 
 export async function trainCommand(argv: string[]): Promise<number> {
@@ -117,7 +119,7 @@ export async function trainCommand(argv: string[]): Promise<number> {
   checkRunFolder(opts.out!, opts.token, resume);
   modelPath ??= DEFAULT_MODEL;
   if (!existsSync(modelPath)) throw new UsageError(`--model ${modelPath}: no such file or folder`);
-  const sd = StableDiffusion.load(modelPath, { threads, config: f.config as string | undefined });
+  const sd = StableDiffusion.load(modelPath, { threads, config: f.config as string | undefined, lowMemory: f['low-memory'] ? true : undefined });
   reportWarnings(mode, sd.ckpt.warnings);
 
   const log = (s: string) => mode === 'bar' && process.stderr.write(`${s}\n`);
