@@ -88,9 +88,36 @@ function normVjp(
  * recomputed per head: S = (s·Q)Kᵀ (+ mask), P = softmax(S); then dV = Pᵀg, dP = gVᵀ,
  * dS = P·(dP − Σ dP·P), dQ = s·dS·K, dK = s·dSᵀ·Q (FlashAttention's backward, unfused).
  */
+/**
+ * The backward pass of attention rebuilds the [B, heads, Lq, Lk] scores; above this many bytes
+ * it runs a group of heads at a time, so only one group's scores, probabilities and their
+ * gradients are alive at once (SD 1.5 at 512²: 512 MiB per tensor for all 8 heads). Exported
+ * so tests can force the grouped form on small shapes.
+ */
+export const mhaBackward = { maxScoreBytes: 64 * 2 ** 20 };
+
 function mhaVjp(y: Tensor, g: Tensor, nd: readonly boolean[]): Array<Tensor | null> {
   const [q, k, v] = y.inputs;
   const { heads, scale, causal } = y.attrs as { heads: number; scale: number; causal: boolean };
+  const [bsz, lq] = q.shape;
+  const perHead = bsz * lq * k.shape[1] * 4;
+  let group = Math.max(1, Math.min(heads, Math.floor(mhaBackward.maxScoreBytes / perHead)));
+  while (heads % group) group--;
+  if (group === heads) return mhaHeadsVjp(q, k, v, y, g, nd, heads, scale, causal);
+  // Head h owns features [h·f, (h+1)·f) of q, k (width f) and of v, y, g (width fv).
+  const [fq, fv] = [q.shape[2] / heads, v.shape[2] / heads];
+  const parts: Array<Array<Tensor | null>> = [];
+  for (let h = 0; h < heads; h += group) {
+    const cut = (t: Tensor, f: number) => o.slice(t, [2], [h * f], [(h + group) * f]);
+    parts.push(mhaHeadsVjp(cut(q, fq), cut(k, fq), cut(v, fv), cut(y, fv), cut(g, fv), nd, group, scale, causal));
+  }
+  return [0, 1, 2].map((i) => (nd[i] ? o.concat(parts.map((p) => p[i]!), 2) : null));
+}
+
+/** Attention's VJP for `heads` heads laid out along the features of q, k, v, y and g. */
+function mhaHeadsVjp(
+  q: Tensor, k: Tensor, v: Tensor, y: Tensor, g: Tensor, nd: readonly boolean[], heads: number, scale: number, causal: boolean,
+): Array<Tensor | null> {
   const [bsz, lq] = q.shape;
   const lk = k.shape[1];
   const split = (t: Tensor) => {

@@ -21,6 +21,11 @@ export interface CompileOptions extends ExportOptions {
   optimization?: 'disabled' | 'basic' | 'extended' | 'all';
   /** Keep weights mapped instead of letting ORT repack (copy) them. */
   disablePrepacking?: boolean;
+  /**
+   * ORT's memory pattern: one block planned for the whole run from the first run's
+   * allocations (faster; off = allocate as the run goes, a lower peak). Default on.
+   */
+  memPattern?: boolean;
   /** Write ORT's per-node profile (JSON) with this file prefix. */
   profilePrefix?: string;
   /** Let idle intra-op threads spin-wait for work (ORT's default) instead of sleeping. */
@@ -107,7 +112,7 @@ export async function compile(outputs: Record<string, Tensor>, opts: CompileOpti
   const threads = opts.threads ?? MAX_THREADS;
   const level = opts.optimization ?? 'all';
   const key = sessionKey(exported, {
-    threads, level, p: opts.disablePrepacking ?? false, s: opts.spinning ?? null, r: exported.externalRoot ?? '', prof: opts.profilePrefix ?? null, opt: opts.optimizedModelPath ?? null,
+    threads, level, p: opts.disablePrepacking ?? false, s: opts.spinning ?? null, r: exported.externalRoot ?? '', mp: opts.memPattern ?? true, prof: opts.profilePrefix ?? null, opt: opts.optimizedModelPath ?? null,
   });
   let session = sessions.get(key);
   if (!session) {
@@ -116,6 +121,7 @@ export async function compile(outputs: Record<string, Tensor>, opts: CompileOpti
       interOpNumThreads: 1,
       graphOptimizationLevel: level,
       executionMode: 'sequential',
+      ...(opts.memPattern === false ? { enableMemPattern: false } : {}),
       ...(opts.profilePrefix ? { enableProfiling: true, profileFilePrefix: opts.profilePrefix } : {}),
       ...(opts.optimizedModelPath ? { optimizedModelFilePath: opts.optimizedModelPath } : {}),
       extra: {

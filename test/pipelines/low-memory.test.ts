@@ -12,8 +12,8 @@ test('lowMemory: weights stay mapped, the image is the same within float toleran
   const low = StableDiffusion.load(MODEL, { lowMemory: true });
   assert.equal(normal.lowMemory, false, 'a tiny model is far below a third of the memory');
   assert.ok(normal.weightBytes > 0 && normal.weightBytes < totalmem() / 3);
-  assert.deepEqual([normal.compileOptions().optimization, normal.compileOptions().disablePrepacking], [undefined, false]);
-  assert.deepEqual([low.compileOptions().optimization, low.compileOptions().disablePrepacking], ['extended', true]);
+  assert.deepEqual([normal.compileOptions().optimization, normal.compileOptions().disablePrepacking, normal.compileOptions().memPattern], [undefined, false, true]);
+  assert.deepEqual([low.compileOptions().optimization, low.compileOptions().disablePrepacking, low.compileOptions().memPattern], ['extended', true, false]);
   const opts = { prompt: 'a red star', steps: 3, width: 32, height: 32, seed: 5 };
   const [a] = await normal.generate(opts);
   const [b] = await low.generate(opts);
