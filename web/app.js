@@ -61,6 +61,8 @@ const fmtTime = (s) => {
 };
 const fmtLoss = (v) => (v === null || v === undefined ? '–' : Number(v).toFixed(4));
 const modelOf = (id) => app.models.find((m) => m.id === id);
+// A word fits a model when both text encoders' widths match (SDXL words carry two).
+const sameWidths = (a, b) => Boolean(a && b && a.hidden_size === b.hidden_size && a.hidden_size_2 === b.hidden_size_2);
 
 // ------------------------------------------------------------------ tabs
 
@@ -252,7 +254,7 @@ function renderWords() {
   const checked = new Set([...box.querySelectorAll('input:checked')].map((i) => i.value));
   const entries = [];
   for (const j of app.jobs) {
-    if (!j.checkpoints.length || modelOf(j.model)?.hidden_size !== model?.hidden_size) continue;
+    if (!j.checkpoints.length || !sameWidths(modelOf(j.model), model)) continue;
     entries.push({ value: j.id, label: `${j.token} (${j.id}, step ${j.checkpoints.at(-1).step})` });
   }
   if (app.pick) {

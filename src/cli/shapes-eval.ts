@@ -35,8 +35,7 @@ export async function shapesEvalCommand(argv: string[]): Promise<number> {
   for (const k of ['shape', 'color', 'texture'] as const) if (!spec[k]) throw new UsageError(`--concept must name a shape, color and texture (missing "${k}")`);
   const sd = StableDiffusion.load((flags.model as string | undefined) ?? DEFAULT_MODEL);
   const e = loadEmbedding(String(flags.embedding), { token: flags.token as string | undefined });
-  if (e.dim !== sd.hiddenSize) throw new UsageError(`${flags.embedding}: ${e.dim}-dimensional vectors, the model uses ${sd.hiddenSize}`);
-  sd.addLearnedToken(e.token, e.vectors, e.count);
+  sd.loadTextualInversion(e);
   const prompts: EvalPrompt[] = flags.prompts ? (JSON.parse(readFileSync(String(flags.prompts), 'utf8')) as EvalPrompt[]) : DEFAULT_EVAL_PROMPTS;
   const concept = { shape: spec.shape, color: spec.color, texture: spec.texture } as Concept;
   const scores = await evaluateConcept(sd, concept, e.token, {

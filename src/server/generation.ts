@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { extname, join } from 'node:path';
 import { loadEmbedding, StableDiffusion } from '../index.ts';
+import { embeddingWidthProblem } from '../io/embeddings.ts';
 import { checkGenerateOptions } from '../pipelines/generate.ts';
 import type { EngineClient } from './engine-client.ts';
 import type { JobManager } from './jobs.ts';
@@ -93,7 +94,7 @@ export class Generations {
     }
     const uploads = join(this.dataDir, 'uploads', randomBytes(6).toString('hex'));
     try {
-      const embeddings = this.embeddings((b.embeddings as unknown[] | undefined) ?? [], uploads, model.hidden_size);
+      const embeddings = this.embeddings((b.embeddings as unknown[] | undefined) ?? [], uploads, { dim: model.hidden_size, dim2: model.hidden_size_2 });
       const task = this.chain.then(() => this.send({
         type: 'generate', id: randomBytes(6).toString('hex'), modelPath: model.path, modelName: model.name, threads: this.threads,
         options, embeddings, outDir: join(this.dataDir, 'outputs'),
@@ -124,7 +125,7 @@ export class Generations {
    * Each entry: a job id ("id" or "id@step", or { job, step }) or an uploaded file
    * { name, data: base64, token? }. Returns the files with their prompt words.
    */
-  private embeddings(list: unknown[], uploads: string, hidden: number): Array<{ file: string; token: string }> {
+  private embeddings(list: unknown[], uploads: string, widths: { dim: number; dim2?: number }): Array<{ file: string; token: string }> {
     if (list.length > MAX_EMBEDDINGS) throw new RequestError(`embeddings: at most ${MAX_EMBEDDINGS}, got ${list.length}`);
     return list.map((entry, i) => {
       const where = `embeddings[${i}]`;
@@ -159,7 +160,8 @@ export class Generations {
       } catch (err) {
         throw new RequestError(`${where}: "${e.name}" ${(err as Error).message.replace(`${file}: `, '')}`);
       }
-      if (emb.dim !== hidden) throw new RequestError(`${where}: "${e.name}" has ${emb.dim}-dimensional vectors but this model's text encoder uses ${hidden}`);
+      const misfit = embeddingWidthProblem(emb, widths);
+      if (misfit) throw new RequestError(`${where}: "${e.name}": ${misfit}`);
       return { file, token };
     });
   }

@@ -20,6 +20,8 @@ export interface ModelInfo {
   sampler: string;
   /** Text encoder width: 768 (SD 1.x) or 1024 (SD 2.x); embeddings must match. */
   hidden_size: number;
+  /** SDXL: text encoder 2's width (clip_g); absent for SD 1.x/2.x. */
+  hidden_size_2?: number;
 }
 
 /** How deep under --models to look for models (folder/model, folder/sub/model). */
@@ -35,6 +37,7 @@ function describe(id: string, name: string, path: string): ModelInfo {
     resolution: defaultSize(sd),
     sampler: defaultSampler(sd),
     hidden_size: sd.hiddenSize,
+    ...(sd.isXL ? { hidden_size_2: sd.hiddenSize2 } : {}),
   };
 }
 
