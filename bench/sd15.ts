@@ -19,7 +19,8 @@ export function sd15Dir(): string {
   return process.env.ONEWORD_BENCH_MODEL_DIR ?? join(tmpdir(), 'oneword-bench-sd15');
 }
 
-function writeComponent(dir: string, file: string, spec: WeightSpec, seed: number): void {
+/** A component's safetensors file with random float32 weights for every name of `spec`. */
+export function writeComponent(dir: string, file: string, spec: WeightSpec, seed: number): void {
   mkdirSync(dir, { recursive: true });
   const tensors: Record<string, TensorToWrite> = {};
   for (const [name, shape] of spec) tensors[name] = { dtype: 'F32', shape, data: initWeight(name, shape, seed) };

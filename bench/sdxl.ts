@@ -5,12 +5,10 @@
 import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { writeSafetensors, type TensorToWrite } from '../src/io/safetensors.ts';
 import { clipTextWeightSpec, parseCLIPTextConfig } from '../src/models/clip-text.ts';
 import { parseUNetConfig, unetWeightSpec } from '../src/models/unet-config.ts';
 import { parseVAEConfig, vaeWeightSpec } from '../src/models/vae.ts';
-import { initWeight } from '../src/models/random-weights.ts';
-import type { WeightSpec } from '../src/io/weights.ts';
+import { writeComponent } from './sd15.ts';
 
 const VERSION = 'sdxl-base-random-v1';
 const FIXTURE = new URL('../test/fixtures/sdxl-tiny/', import.meta.url).pathname;
@@ -51,13 +49,6 @@ export const SDXL_VAE_JSON = {
 
 export function sdxlDir(): string {
   return process.env.ONEWORD_BENCH_SDXL_DIR ?? join(tmpdir(), 'oneword-bench-sdxl');
-}
-
-function writeComponent(dir: string, file: string, spec: WeightSpec, seed: number): void {
-  mkdirSync(dir, { recursive: true });
-  const tensors: Record<string, TensorToWrite> = {};
-  for (const [name, shape] of spec) tensors[name] = { dtype: 'F32', shape, data: initWeight(name, shape, seed) };
-  writeSafetensors(join(dir, file), tensors);
 }
 
 const json = (path: string, v: unknown) => writeFileSync(path, JSON.stringify(v, null, 2));

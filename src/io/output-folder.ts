@@ -96,7 +96,7 @@ function pause(ms: number): void {
 }
 
 /** True if a process with this id runs (EPERM: it runs as another user). */
-function alive(pid: number): boolean {
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

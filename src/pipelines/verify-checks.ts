@@ -4,6 +4,7 @@
 import type { SafetensorsFile } from '../io/safetensors.ts';
 import { createScheduler, type SchedulerKind } from '../schedulers/index.ts';
 import type { StableDiffusion } from './stable-diffusion.ts';
+import { decodeLatents, denoise, type DenoiseOptions } from './text-to-image.ts';
 
 export interface VerifyRow {
   name: string;
@@ -112,3 +113,34 @@ export function concat(parts: ArrayLike<number>[]): Float32Array {
   return out;
 }
 
+/** The sampler variants of the reference files' `sample.<name>.*` trajectories. */
+export const SAMPLE_VARIANTS = [
+  ['ddim', { kind: 'ddim' }], ['euler', { kind: 'euler' }], ['dpmpp2m_karras', { kind: 'dpmpp2m', karras: true }],
+] as const;
+
+/**
+ * One sampling trajectory of the reference, `sample.<name>.*`: init sigma, timesteps, every
+ * step's UNet output and latents, and the decoded image. `opts` is the rest of what the
+ * denoising loop needs (prompts, guidance, SDXL's time ids).
+ */
+export async function checkTrajectory(
+  c: Check, name: string, spec: { kind: string; karras?: boolean },
+  opts: Omit<DenoiseOptions, 'scheduler' | 'steps' | 'initLatents' | 'latentShape' | 'onStep'>,
+): Promise<void> {
+  const { ref, sd, push, F, I } = c;
+  const shape = ref.info('sample.init_latents').shape;
+  const latentShape = [shape[1], shape[2], shape[3]] as [number, number, number];
+  const scheduler = createScheduler(spec.kind as SchedulerKind, sd.ckpt.schedulerConfig, spec.karras ? { useKarrasSigmas: true } : {});
+  const [unetOut, lat, tsSeen]: [Float32Array[], Float32Array[], number[]] = [[], [], []];
+  const final = await denoise(sd, {
+    ...opts, scheduler, steps: I('sample.num_inference_steps')[0], initLatents: F('sample.init_latents'), latentShape,
+    onStep: (s) => { unetOut.push(s.unetOut); lat.push(s.latents); tsSeen.push(s.t); },
+  });
+  push(compare(`sample.${name}.init_noise_sigma`, [scheduler.initNoiseSigma], F(`sample.${name}.init_noise_sigma`), 1e-5));
+  push(compare(`sample.${name}.timesteps`, tsSeen, F(`sample.${name}.timesteps`), 1e-5));
+  push(compare(`sample.${name}.unet_out`, concat(unetOut), F(`sample.${name}.unet_out`), 1e-3, 'all steps'));
+  push(compare(`sample.${name}.latents`, concat(lat), F(`sample.${name}.latents`), 1e-3, 'all steps; final latents decide'));
+  const dec = await decodeLatents(sd, final, latentShape);
+  push(compare(`sample.${name}.decoded`, dec.decoded, F(`sample.${name}.decoded`), 1e-3));
+  push(compare(`sample.${name}.image`, dec.image, F(`sample.${name}.image`), 1e-3));
+}

@@ -11,7 +11,7 @@ import { clipPoolingMask, clipPoolingPositions, clipTextHiddenStates, clipTextPo
 import { unetAddedEmbedding, unetTimeEmbedding, unetTimeIdsEmbedding } from '../models/unet.ts';
 import { adamWState, adamWStep } from '../optim/adamw.ts';
 import { createScheduler, type SchedulerKind } from '../schedulers/index.ts';
-import { checkSchedules, checkVae, compare, concat, cosine, exact, type Check, type VerifyRow } from './verify-checks.ts';
+import { checkSchedules, checkTrajectory, checkVae, compare, concat, cosine, exact, SAMPLE_VARIANTS, type Check, type VerifyRow } from './verify-checks.ts';
 import { decodeLatents, denoise, guidedConditioning, sdxlTimeIds, zeroPrompt, type EncodedPrompt } from './text-to-image.ts';
 import { TrainStep } from './ti-step.ts';
 
@@ -145,21 +145,8 @@ async function checkSampling(c: Check, cond: EncodedPrompt, uncond: EncodedPromp
   push(compare('sample.prompt_embeds', concat([uncond.hidden, cond.hidden]), F('sample.prompt_embeds')));
   push(compare('sample.add_text_embeds', added.textEmbeds, F('sample.add_text_embeds')));
   push(compare('sample.add_time_ids', added.timeIds, F('sample.add_time_ids')));
-  for (const [name, spec] of [['euler', { kind: 'euler' }], ['dpmpp2m_karras', { kind: 'dpmpp2m', karras: true }]] as const) {
-    if (!ref.has(`sample.${name}.latents`)) continue;
-    const scheduler = createScheduler(spec.kind as SchedulerKind, sd.ckpt.schedulerConfig, 'karras' in spec ? { useKarrasSigmas: true } : {});
-    const [unetOut, lat, tsSeen]: [Float32Array[], Float32Array[], number[]] = [[], [], []];
-    const final = await denoise(sd, {
-      scheduler, steps: I('sample.num_inference_steps')[0], guidance, initLatents: F('sample.init_latents'), latentShape, cond, uncond, timeIds,
-      onStep: (s) => { unetOut.push(s.unetOut); lat.push(s.latents); tsSeen.push(s.t); },
-    });
-    push(compare(`sample.${name}.init_noise_sigma`, [scheduler.initNoiseSigma], F(`sample.${name}.init_noise_sigma`), 1e-5));
-    push(compare(`sample.${name}.timesteps`, tsSeen, F(`sample.${name}.timesteps`), 1e-5));
-    push(compare(`sample.${name}.unet_out`, concat(unetOut), F(`sample.${name}.unet_out`), 1e-3, 'all steps'));
-    push(compare(`sample.${name}.latents`, concat(lat), F(`sample.${name}.latents`), 1e-3, 'all steps; final latents decide'));
-    const dec = await decodeLatents(sd, final, latentShape);
-    push(compare(`sample.${name}.decoded`, dec.decoded, F(`sample.${name}.decoded`), 1e-3));
-    push(compare(`sample.${name}.image`, dec.image, F(`sample.${name}.image`), 1e-3));
+  for (const [name, spec] of SAMPLE_VARIANTS) {
+    if (ref.has(`sample.${name}.latents`)) await checkTrajectory(c, name, spec, { guidance, cond, uncond, timeIds });
   }
 }
 

@@ -9,7 +9,7 @@ import { CLIPTokenizer } from '../models/clip-tokenizer.ts';
 import { adamWState, adamWStep } from '../optim/adamw.ts';
 import { createScheduler, type SchedulerKind } from '../schedulers/index.ts';
 import {
-  checkSchedules, checkVae, compare, concat, cosine, exact, nums, type Check, type VerifyRow,
+  checkSchedules, checkTrajectory, checkVae, compare, concat, cosine, exact, nums, SAMPLE_VARIANTS, type Check, type VerifyRow,
 } from './verify-checks.ts';
 import { StableDiffusion, type SDOptions } from './stable-diffusion.ts';
 import { decodeLatents, denoise, type EncodedPrompt } from './text-to-image.ts';
@@ -83,28 +83,9 @@ async function checkUnet(c: Check, cond: EncodedPrompt, uncond: EncodedPrompt): 
 
 /** Whole sampling trajectories (every step's UNet output and latents) and their decoded images. */
 async function checkSampling(c: Check, cond: EncodedPrompt, uncond: EncodedPrompt): Promise<void> {
-  const { ref, sd, push, F, I } = c;
-  const shape = ref.info('sample.init_latents').shape;
-  const latentShape = [shape[1], shape[2], shape[3]] as [number, number, number];
-  const steps = I('sample.num_inference_steps')[0];
-  const guidance = F('sample.guidance_scale')[0];
-  for (const [name, spec] of [['ddim', { kind: 'ddim' }], ['euler', { kind: 'euler' }], ['dpmpp2m_karras', { kind: 'dpmpp2m', karras: true }]] as const) {
-    if (!ref.has(`sample.${name}.latents`)) continue;
-    const scheduler = createScheduler(spec.kind as SchedulerKind, sd.ckpt.schedulerConfig, 'karras' in spec ? { useKarrasSigmas: true } : {});
-    const unetOut: Float32Array[] = [];
-    const lat: Float32Array[] = [];
-    const tsSeen: number[] = [];
-    const final = await denoise(sd, {
-      scheduler, steps, guidance, initLatents: F('sample.init_latents'), latentShape, cond, uncond,
-      onStep: (s) => { unetOut.push(s.unetOut); lat.push(s.latents); tsSeen.push(s.t); },
-    });
-    push(compare(`sample.${name}.init_noise_sigma`, [scheduler.initNoiseSigma], F(`sample.${name}.init_noise_sigma`), 1e-5));
-    push(compare(`sample.${name}.timesteps`, tsSeen, F(`sample.${name}.timesteps`), 1e-5));
-    push(compare(`sample.${name}.unet_out`, concat(unetOut), F(`sample.${name}.unet_out`), 1e-3, 'all steps'));
-    push(compare(`sample.${name}.latents`, concat(lat), F(`sample.${name}.latents`), 1e-3, 'all steps; final latents decide'));
-    const dec = await decodeLatents(sd, final, latentShape);
-    push(compare(`sample.${name}.decoded`, dec.decoded, F(`sample.${name}.decoded`), 1e-3));
-    push(compare(`sample.${name}.image`, dec.image, F(`sample.${name}.image`), 1e-3));
+  const guidance = c.F('sample.guidance_scale')[0];
+  for (const [name, spec] of SAMPLE_VARIANTS) {
+    if (c.ref.has(`sample.${name}.latents`)) await checkTrajectory(c, name, spec, { guidance, cond, uncond });
   }
 }
 

@@ -10,6 +10,7 @@ import { Generations } from './generation.ts';
 import { JobManager } from './jobs.ts';
 import { ModelRegistry } from './models.ts';
 import { OnewordError } from '../index.ts';
+import { alive } from '../io/output-folder.ts';
 
 export interface ServeOptions {
   port?: number;
@@ -32,14 +33,6 @@ export function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || /^127(\.\d{1,3}){3}$/.test(host);
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /** One server per data folder; a lock left by a server that died is taken over. */
 function lockData(dir: string): void {
