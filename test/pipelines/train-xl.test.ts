@@ -81,6 +81,30 @@ test('SDXL textual inversion trains both encoders\' vectors and writes the diffu
   }
 });
 
+test('SDXL multi-vector words: N vectors per encoder, in both files, and they generate', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'oneword-train-xl-n-'));
+  try {
+    const imgs = await images(join(dir, 'images'));
+    const out = join(dir, 'out');
+    await trainTextualInversion(StableDiffusion.load(MODEL), { ...options(imgs, out, 2), vectors: 2, init: 'blue toy' });
+    const kohya = loadEmbedding(join(out, 'blue-heart.safetensors'));
+    assert.deepEqual([kohya.count, kohya.dim, kohya.dim2, kohya.vectors.length, kohya.vectors2!.length], [2, 16, 20, 32, 40]);
+    const pair = loadEmbedding(join(out, 'learned_embeds.safetensors'));
+    assert.deepEqual([...pair.vectors2!], [...kohya.vectors2!]);
+    // The word generates on a fresh model, and its vectors matter: a zeroed word draws something else.
+    const sd = StableDiffusion.load(MODEL);
+    sd.loadTextualInversion(join(out, 'blue-heart.safetensors'));
+    const opts = { prompt: 'a photo of <blue-heart>', steps: 2, width: 32, height: 32, seed: 1 };
+    const [img] = await sd.generate(opts);
+    const zeroed = StableDiffusion.load(MODEL);
+    zeroed.loadTextualInversion({ ...kohya, vectors: new Float32Array(32), vectors2: new Float32Array(40) });
+    const [other] = await zeroed.generate(opts);
+    assert.notDeepEqual(img.pixels, other.pixels);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('SDXL training refuses Cross Initialization and a token either tokenizer knows', async () => {
   const sd = StableDiffusion.load(MODEL);
   await assert.rejects(trainTextualInversion(sd, { images: [], token: '<x>', init: 'toy', initMode: 'encoder', steps: 1 }), /images|initMode/);
