@@ -195,3 +195,31 @@ test('serve: off loopback only with a token; then every API call needs it', asyn
     await secured.close();
   }
 });
+
+test('serve: an SDXL job trains both encoders\' vectors, downloads clip_l/clip_g, and its word generates', async () => {
+  const { status, body } = await postJob(server.url, { model: 'sdxl-tiny', init: 'toy', resolution: 32, lr: 5e-3, token: '<srv-xl>', steps: 2, 'save-every': 2 }, images);
+  assert.equal(status, 201, body.error);
+  const id = body.id!;
+  await readEvents(server.url, id, untilState('done', 'failed'));
+  const job = (await getJson(server.url, `/api/jobs/${id}`)).body as Record<string, any>;
+  assert.equal(job.state, 'done', job.error);
+  const r = await fetch(new URL(`/api/jobs/${id}/embedding?format=a1111`, server.url));
+  assert.equal(r.status, 200);
+  const file = join(dir, 'dl-xl.safetensors');
+  writeFileSync(file, Buffer.from(await r.arrayBuffer()));
+  const e = loadEmbedding(file);
+  assert.deepEqual([e.format, e.dim, e.dim2], ['sdxl-safetensors', 16, 20]);
+  const gen = await getJson<{ images: string[]; error?: string }>(server.url, '/api/generate', {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'sdxl-tiny', prompt: 'a photo of <srv-xl>', steps: 2, width: 32, height: 32, seed: 3, embeddings: [id] }),
+  });
+  assert.equal(gen.status, 200, gen.body.error);
+  assert.equal(gen.body.images.length, 1);
+  // An SDXL word is not offered to an SD 1.x model.
+  const wrong = await getJson<{ error?: string }>(server.url, '/api/generate', {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'sd1-tiny', prompt: 'a photo of <srv-xl>', steps: 2, width: 16, height: 16, embeddings: [id] }),
+  });
+  assert.equal(wrong.status, 400);
+  assert.match(wrong.body.error ?? '', /SDXL embedding \(clip_l 16, clip_g 20\)/);
+});
