@@ -149,8 +149,8 @@ export interface TrainingRun {
   readonly log: StepLog[];
   /** With measureFixedLoss: the loss on a fixed batch before and after (after only when not stopped). */
   readonly fixedLoss?: { before: number; after?: number };
-  /** Writes the learned word into `dir`; returns the files by format. */
-  save(dir: string, opts?: SaveOptions): Promise<Partial<Record<EmbeddingFileFormat, string>>>;
+  /** Writes the learned word into `dir`; returns the files by format (SDXL words: `diffusers2` is learned_embeds_2.safetensors). */
+  save(dir: string, opts?: SaveOptions): Promise<Partial<Record<EmbeddingFileFormat | 'diffusers2', string>>>;
 }
 
 /** Options that go to the trainer as given (the others shape the call around it). */

@@ -37,6 +37,10 @@ test('SDXL textual inversion trains both encoders\' vectors and writes the diffu
     const out = join(dir, 'out');
     const run = await trainTextualInversion(StableDiffusion.load(MODEL), options(imgs, out, 6));
     assert.equal(run.steps, 6);
+    // The library's save writes the same three files (diffusers2 = learned_embeds_2.safetensors).
+    const saved = await run.save(join(dir, 'saved'));
+    assert.deepEqual(Object.keys(saved).sort(), ['a1111', 'diffusers', 'diffusers2']);
+    assert.equal(loadEmbedding(saved.diffusers!).format, 'diffusers-sdxl-pair');
     for (const f of ['learned_embeds.safetensors', 'learned_embeds_2.safetensors', 'blue-heart.safetensors',
       'learned_embeds-steps-3.safetensors', 'learned_embeds_2-steps-3.safetensors', 'blue-heart-steps-3.safetensors']) {
       assert.ok(existsSync(join(out, f)), f);
