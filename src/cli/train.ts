@@ -2,7 +2,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { StableDiffusion, threadsProblem } from '../pipelines/stable-diffusion.ts';
-import { checkTrainValues, savedModel, savedOptions, TRAIN_DEFAULTS, type TrainValues } from '../pipelines/textual-inversion.ts';
+import { checkTrainValues, savedModel, savedModelConfig, savedOptions, TRAIN_DEFAULTS, type TrainValues } from '../pipelines/textual-inversion.ts';
 import { checkRunFolder } from '../pipelines/run-files.ts';
 import { trainTextualInversion, type TextualInversionOptions } from '../pipelines/train-textual-inversion.ts';
 import { parseArgs, UsageError, type FlagSpec } from './args.ts';
@@ -119,7 +119,9 @@ export async function trainCommand(argv: string[]): Promise<number> {
   checkRunFolder(opts.out!, opts.token, resume);
   modelPath ??= DEFAULT_MODEL;
   if (!existsSync(modelPath)) throw new UsageError(`--model ${modelPath}: no such file or folder`);
-  const sd = StableDiffusion.load(modelPath, { threads, config: f.config as string | undefined, lowMemory: f['low-memory'] ? true : undefined });
+  // A resumed run loads its single file with the config folder it was trained with, unless told otherwise.
+  const config = (f.config as string | undefined) ?? (resume && f.model === undefined ? savedModelConfig(resume) : undefined);
+  const sd = StableDiffusion.load(modelPath, { threads, config, lowMemory: f['low-memory'] ? true : undefined });
   reportWarnings(mode, sd.ckpt.warnings);
 
   const log = (s: string) => mode === 'bar' && process.stderr.write(`${s}\n`);

@@ -48,6 +48,8 @@ export interface StableDiffusionCheckpoint {
   tokenizerDir: string | null;
   /** SDXL: the diffusers tokenizer_2/ folder (pad `!`); single files carry none. */
   tokenizer2Dir?: string | null;
+  /** For a single file loaded with LoadOptions.config: that folder (absolute), so a training state can record it. */
+  configDir?: string;
   textEncoder: FileWeights;
   textEncoder2?: FileWeights;
   /**
@@ -402,6 +404,7 @@ function loadSingleFile(path: string, opts: LoadOptions): StableDiffusionCheckpo
     source: path, layout: 'single-file', family, textEncoderConfig: cfg.text, unetConfig: cfg.unet, vaeConfig: cfg.vae,
     schedulerConfig: singleFileScheduler(family, predictionType, given), predictionType, tokenizerDir: given?.tokenizerDir ?? null,
     textEncoder, unet, vae, warnings,
+    ...(opts.config ? { configDir: resolve(opts.config) } : {}),
     ...(cfg.text2 ? { textEncoder2Config: cfg.text2, textEncoder2, tokenizer2Dir: given?.tokenizer2Dir ?? null, forceZerosForEmptyPrompt: opts.config ? forceZerosIn(resolve(opts.config)) : true } : {}),
   };
 }

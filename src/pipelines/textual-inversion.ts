@@ -608,6 +608,7 @@ export class TextualInversionTrainer {
         options: JSON.stringify({ ...this.opts, images: savableImages(this.opts.images) }),
         images_hash: this.imagesHash,
         model: resolve(this.sd.ckpt.source),
+        ...(this.sd.ckpt.configDir ? { model_config: this.sd.ckpt.configDir } : {}),
         model_fingerprint: this.modelFingerprint,
         stopping: stopping.json,
       },
@@ -765,6 +766,11 @@ export function savedOptions(dir: string): Omit<TrainOptions, 'images'> & { imag
 /** The model a saved state was trained on: its path when recorded. */
 export function savedModel(dir: string): string | undefined {
   return openState(dir).metadata.model;
+}
+
+/** The config folder a saved state's single-file model was loaded with (LoadOptions.config), if any. */
+export function savedModelConfig(dir: string): string | undefined {
+  return openState(dir).metadata.model_config;
 }
 
 export interface TrainHooks {

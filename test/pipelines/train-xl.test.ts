@@ -4,6 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Rng, randomAttributes, render, writePng } from '../../src/shapes/index.ts';
@@ -114,4 +115,23 @@ test('SDXL training refuses Cross Initialization and a token either tokenizer kn
   await assert.rejects(trainTextualInversion(sd, { images: [], token: '<x>', init: 'toy', initMode: 'encoder', steps: 1 }), /images|initMode/);
   await assert.rejects(trainTextualInversion(sd, { images: [{ width: 8, height: 8, data: new Uint8Array(192) }], token: '<x>', init: 'toy', initMode: 'encoder', steps: 1, resolution: 32 }), /initMode.*SDXL/);
   await assert.rejects(trainTextualInversion(sd, { images: [{ width: 8, height: 8, data: new Uint8Array(192) }], token: 'toy', init: 'toy', steps: 1, resolution: 32 }), /already exists in the vocabulary/);
+});
+
+test('a run on a single file loaded with --config resumes with that config folder (recorded in the state)', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'oneword-train-xl-config-'));
+  try {
+    const imgs = await images(join(dir, 'images'));
+    const out = join(dir, 'out');
+    const bin = new URL('../../bin/oneword.js', import.meta.url).pathname;
+    const cli = (args: string[]) => spawnSync(process.execPath, [bin, 'train', ...args, '--progress', 'quiet'], { encoding: 'utf8' });
+    const single = new URL('../fixtures/sdxl-tiny-single-file.safetensors', import.meta.url).pathname;
+    const first = cli(['--model', single, '--config', MODEL, '--images', imgs, '--token', '<xl-cfg>', '--init', 'toy', '--steps', '2', '--resolution', '32', '--out', out]);
+    assert.equal(first.status, 0, first.stderr);
+    assert.equal(SafetensorsFile.open(join(out, 'train-state.safetensors')).metadata.model_config, MODEL.replace(/\/$/, ''));
+    const resumed = cli(['--resume', out, '--steps', '4']);
+    assert.equal(resumed.status, 0, resumed.stderr);
+    assert.equal(readFileSync(join(out, 'train-log.jsonl'), 'utf8').trim().split('\n').length, 4);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
