@@ -301,7 +301,7 @@ function seedFiles(): Record<'safetensors' | 'pt' | 'image', string[]> {
   return {
     safetensors: [...list(emb, /\.safetensors$/), join(FIX, 'sd1-tiny', 'text_encoder', 'model.safetensors')],
     // Only archives that load (the hostile ones are refused before anything is read).
-    pt: list(emb, /^(a1111|learned_embeds|original-repo).*\.(pt|bin)$/),
+    pt: list(emb, /^(a1111|learned_embeds|original-repo|sdxl-kohya|sdxl-with-info).*\.(pt|bin)$/),
     image: list(img, /\.(png|jpg|webp)$/),
   };
 }
