@@ -392,13 +392,30 @@ function singleFileWeights(f: LdmFile, family: Family, cfg: ComponentConfigs, wa
   return weights;
 }
 
+/**
+ * Runs the config inference of a single file; when it fails without a config folder, the
+ * error says how to describe what the weights do not record.
+ */
+function withConfigHint<T>(given: GivenConfigs | null, infer: () => T): T {
+  try {
+    return infer();
+  } catch (e) {
+    if (given || !(e instanceof CheckpointError)) throw e;
+    const problem = e.message.slice(e.path.length + 2);
+    throw new CheckpointError(e.path, `${problem}. A single file does not record norm groups, attention heads or resolution, so oneword assumed the released models' values; for another model pass --config DIR (library: { config }), a diffusers folder whose */config.json describe it`);
+  }
+}
+
 function loadSingleFile(path: string, opts: LoadOptions): StableDiffusionCheckpoint {
   const { f, family } = openSingleFile(path);
   const given = opts.config ? readGivenConfigs(opts.config) : null;
   const warnings: string[] = [];
   const predictionType = singleFilePrediction(f, family, opts, given, warnings);
-  const cfg = singleFileConfigs(f, family, predictionType, given);
-  crossCheck(path, cfg);
+  const cfg = withConfigHint(given, () => {
+    const c = singleFileConfigs(f, family, predictionType, given);
+    crossCheck(path, c);
+    return c;
+  });
   const { textEncoder, textEncoder2, unet, vae } = singleFileWeights(f, family, cfg, warnings);
   return {
     source: path, layout: 'single-file', family, textEncoderConfig: cfg.text, unetConfig: cfg.unet, vaeConfig: cfg.vae,
