@@ -79,7 +79,8 @@ export function loadEmbeddingsInto(sd: StableDiffusion, args: string[]): Record<
   return hashes;
 }
 
-function nextIndex(dir: string): number {
+/** The next free 5-digit image number in `dir` (A1111's 00000-<seed>.png naming). */
+export function nextIndex(dir: string): number {
   let max = -1;
   for (const f of readdirSync(dir)) {
     const m = /^(\d{5})-/.exec(f);

@@ -1,10 +1,10 @@
 // The engine process: trains one word at a time and generates images, on requests from
 // the server over IPC. A second process keeps the server answering while ONNX Runtime
 // computes, and a crash here (out of memory, a native abort) leaves the server running.
-import { mkdirSync, readdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { OnewordError, savePng, StableDiffusion, trainTextualInversion, type TextualInversionOptions } from '../index.ts';
-import { loadEmbeddingsInto } from '../cli/generate.ts';
+import { loadEmbeddingsInto, nextIndex } from '../cli/generate.ts';
 import { formatA1111Parameters } from '../io/images.ts';
 import { SAMPLER_INFOTEXT, type SamplerName } from '../schedulers/index.ts';
 import type { FromEngine, GenerateRequest, ToEngine, TrainRequest } from './protocol.ts';
@@ -36,15 +36,6 @@ async function train(r: TrainRequest): Promise<void> {
   } finally {
     stops.delete(r.job);
   }
-}
-
-function nextIndex(dir: string): number {
-  let max = -1;
-  for (const f of readdirSync(dir)) {
-    const m = /^(\d{5})-/.exec(f);
-    if (m) max = Math.max(max, Number(m[1]));
-  }
-  return max + 1;
 }
 
 async function generate(r: GenerateRequest): Promise<void> {

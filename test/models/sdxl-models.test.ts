@@ -20,6 +20,7 @@ import {
   parseUNetConfig, unet2DCondition, unetAddedEmbedding, unetTimeEmbedding, unetTimeIdsEmbedding, unetWeightSpec,
 } from '../../src/models/unet.ts';
 import { parseVAEConfig, vaeDecode, vaeEncode, vaeWeightSpec } from '../../src/models/vae.ts';
+import { close } from './close.ts';
 
 const FIX = new URL('../fixtures/', import.meta.url).pathname;
 const XL = join(FIX, 'sdxl-tiny');
@@ -38,17 +39,6 @@ const te2 = loadFolderComponent(XL, 'text_encoder_2', 'text encoder 2', clipText
 const unetW = loadFolderComponent(XL, 'unet', 'UNet', unetWeightSpec(unetCfg), undefined, warnings);
 const vaeW = loadFolderComponent(XL, 'vae', 'VAE', vaeWeightSpec(vaeCfg), undefined, warnings);
 
-/** max |got − want| ≤ rel × (1 + max |want|), the scale-relative bound verify uses, 10× tighter. */
-function close(name: string, got: ArrayLike<number>, want: ArrayLike<number>, rel = 1e-5): void {
-  assert.equal(got.length, want.length, `${name}: length`);
-  let err = 0;
-  let scale = 0;
-  for (let i = 0; i < want.length; i++) {
-    err = Math.max(err, Math.abs(got[i] - want[i]));
-    scale = Math.max(scale, Math.abs(want[i]));
-  }
-  assert.ok(err <= rel * (1 + scale), `${name}: max abs error ${err} (scale ${scale})`);
-}
 
 async function run(outs: Record<string, Tensor>, feeds: Record<string, Float32Array | BigInt64Array>): Promise<Record<string, Float32Array>> {
   return (await (await compile(outs, { weights: 'feed' })).run(feeds)) as Record<string, Float32Array>;

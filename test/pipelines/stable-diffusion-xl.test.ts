@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { StableDiffusion } from '../../src/pipelines/stable-diffusion.ts';
 import { SafetensorsFile } from '../../src/io/safetensors.ts';
 import { OnewordError } from '../../src/errors.ts';
+import { close } from '../models/close.ts';
 
 const FIX = new URL('../fixtures/', import.meta.url).pathname;
 const XL = join(FIX, 'sdxl-tiny');
@@ -15,16 +16,6 @@ const F = (n: string) => ref.readFloat32(n);
 const I = (n: string) => Array.from(ref.read(n) as BigInt64Array, Number);
 const prompts = JSON.parse(ref.metadata.prompts) as string[];
 
-function close(name: string, got: ArrayLike<number>, want: ArrayLike<number>, rel = 1e-5): void {
-  assert.equal(got.length, want.length, `${name}: length`);
-  let err = 0;
-  let scale = 0;
-  for (let i = 0; i < want.length; i++) {
-    err = Math.max(err, Math.abs(got[i] - want[i]));
-    scale = Math.max(scale, Math.abs(want[i]));
-  }
-  assert.ok(err <= rel * (1 + scale), `${name}: max abs error ${err} (scale ${scale})`);
-}
 
 for (const [label, model, opts] of [['folder', XL, {}], ['single file + config', join(FIX, 'sdxl-tiny-single-file.safetensors'), { config: XL }]] as const) {
   test(`StableDiffusion (SDXL ${label}): tokenizers with the placeholder, encodeIdsXL and the UNet match diffusers`, async () => {
